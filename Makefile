@@ -1,0 +1,41 @@
+# attnlens front door. `make demo` and `make test` do all the set-up on a fresh machine:
+# a virtual environment in .venv with torch, triton and the test/demo extras.
+#
+#   make test                       # CPU: kernels run through Triton's interpreter
+#   make TORCH_SPEC=torch test      # a CUDA machine: let pip pick a CUDA build of torch
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch 2.13.0; plain `torch` resolves to a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test bench report lint clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test,demo,hf,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m attnlens demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench --benchmark-only
+
+report: $(STAMP)
+	$(BIN)/python -m attnlens.kernels.report
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info .pytest_cache .benchmarks

@@ -1,0 +1,151 @@
+"""``attnlens.scaled_dot_product_attention``: torch's SDPA signature, plus exact attention weights.
+
+Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels through
+Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported; other CPU
+tensors (and any device Triton cannot drive) run ``attnlens.reference``, plain PyTorch with the
+same semantics. ``use_backend`` forces a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from typing import Iterator, Optional, Tuple, Union
+
+import torch
+
+from attnlens._inputs import Prepared, ReturnWeights, prepare
+from attnlens.reference import attention as _reference_attention
+from attnlens.reference import format_result
+
+__all__ = ["scaled_dot_product_attention", "use_backend", "kernels_available", "selected_backend"]
+
+BACKENDS = ("auto", "kernels", "reference")
+_state = threading.local()
+_kernel_import_error: Optional[BaseException] = None
+
+
+@functools.lru_cache(maxsize=None)
+def _ops_module():
+    """The custom ops, imported on first use so that ``import attnlens`` does not import triton
+    (and a program can still set TRITON_INTERPRET before it does). None without triton."""
+    global _kernel_import_error
+    try:
+        from attnlens import _ops
+    except ImportError as exc:  # triton missing (macOS, Windows): the reference path still works
+        _kernel_import_error = exc
+        return None
+    return _ops
+
+
+def kernels_available(device: torch.device) -> bool:
+    """Whether attnlens's Triton kernels can run on ``device`` in this process."""
+    ops = _ops_module()
+    if ops is None:
+        return False
+    from attnlens.kernels import INTERPRETED
+    if INTERPRETED:
+        return device.type in ("cpu", "cuda")
+    return device.type == "cuda"
+
+
+@contextlib.contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Force a path for the calls in this block (this thread only)::
+
+        with attnlens.use_backend("reference"):
+            out = attnlens.scaled_dot_product_attention(q, k, v)
+
+    ``"auto"`` (default) follows the dispatch rule; ``"kernels"`` raises if the kernels cannot run
+    on the inputs' device; ``"reference"`` always runs plain PyTorch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    previous = getattr(_state, "backend", "auto")
+    _state.backend = backend
+    try:
+        yield
+    finally:
+        _state.backend = previous
+
+
+def selected_backend(device: torch.device) -> str:
+    """``"kernels"`` or ``"reference"``: the path a call on ``device`` takes right now."""
+    backend = getattr(_state, "backend", "auto")
+    if backend == "reference":
+        return "reference"
+    if kernels_available(device):
+        return "kernels"
+    if backend == "kernels":
+        reason = f" ({_kernel_import_error})" if _kernel_import_error else ""
+        raise RuntimeError(f"attnlens kernels cannot run on device {device}{reason}: they need a CUDA "
+                           f"device, or TRITON_INTERPRET=1 set before triton is imported for CPU tensors")
+    return "reference"
+
+
+def _check_mask_grad(p: Prepared) -> None:
+    mask = p.attn_mask
+    if mask is not None and mask.requires_grad and torch.is_grad_enabled():
+        raise ValueError("attn_mask requires grad, but attnlens treats masks as constants and computes "
+                         "no gradient for them; pass attn_mask.detach() (or compute a learned bias "
+                         "outside attention)")
+
+
+def _draw_seed(device: torch.device) -> torch.Tensor:
+    """A Philox seed from torch's generator for ``device``, so torch.manual_seed reproduces dropout."""
+    return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
+
+
+def _kernel_attention(p: Prepared) -> Tuple[torch.Tensor, torch.Tensor]:
+    seed = _draw_seed(p.query.device) if p.dropout_p > 0.0 else None
+    allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    out, _, weights = _ops_module().attention_op(
+        p.query, p.key, p.value, p.attn_mask, p.key_padding_mask, seed, p.scale, p.dropout_p,
+        p.is_causal, p.causal_offset, p.weights_mode, allow_tf32)
+    return out, weights
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: Optional[float] = None, enable_gqa: bool = False, *,
+    key_padding_mask: Optional[torch.Tensor] = None, causal_alignment: str = "top_left",
+    return_weights: ReturnWeights = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Scaled dot-product attention that can also return the exact attention weights.
+
+    Arguments follow ``torch.nn.functional.scaled_dot_product_attention``:
+
+    - ``query`` ``[B, Hq, Nq, D]``, ``key`` ``[B, Hkv, Nk, D]``, ``value`` ``[B, Hkv, Nk, Dv]``
+      (3-D inputs are one unbatched element), any strides; float16, bfloat16, float32 or float64
+      (all three the same); head dims 1 to 256. ``enable_gqa=True`` lets Hq be a multiple of Hkv.
+    - ``attn_mask``: bool (True = attend) or floating point (added to the scaled scores),
+      broadcastable to ``[B, Hq, Nq, Nk]``; broadcast through stride 0, never copied.
+    - ``is_causal``: query i sees keys j <= i (top-left, as torch). With
+      ``causal_alignment="bottom_right"`` the last query is aligned with the last key
+      (j <= i + Nk - Nq), as when decoding with a KV cache. Unlike torch, ``is_causal`` may be
+      combined with ``attn_mask`` and ``key_padding_mask``: a key must pass every mask.
+    - ``key_padding_mask``: bool ``[B, Nk]``, True = padding, ignored (``nn.MultiheadAttention``'s
+      convention).
+    - ``dropout_p``: probability of dropping an attention probability (apply it in training only,
+      as with torch); the returned weights are the ones after dropout. Seeded from torch's
+      generator, so ``torch.manual_seed`` reproduces it.
+    - ``scale``: defaults to ``1 / sqrt(D)``.
+    - ``return_weights``: ``False`` returns ``out``; ``True`` returns ``(out, weights)`` with
+      weights ``[B, Hq, Nq, Nk]`` in the input dtype; ``"mean"`` returns ``(out, weights)`` averaged
+      over the query heads, ``[B, Nq, Nk]``, without ever holding per-head weights.
+
+    A query row with nothing to attend to (every key masked, or Nk = 0) gives output 0 and weights
+    0, never NaN. Nq = 0 gives empty outputs. Masks are constants: a float ``attn_mask`` that
+    requires grad raises ``ValueError``. Bad arguments raise ``TypeError``/``ValueError`` naming
+    the argument, what it got and what it expects.
+    """
+    p = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                key_padding_mask, causal_alignment, return_weights)
+    _check_mask_grad(p)
+    if selected_backend(p.query.device) == "kernels":
+        out, weights = _kernel_attention(p)
+    else:
+        out, weights, _ = _reference_attention(p)
+    return format_result(p, out, weights if p.weights_mode else None)

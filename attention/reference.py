@@ -1,0 +1,106 @@
+"""attnlens.reference: attention in plain PyTorch, with exactly the kernels' semantics.
+
+This is what CPU tensors run when the Triton interpreter is off, and it is the tests' oracle
+(evaluated in float64). It is itself checked against ``torch.nn.functional.scaled_dot_product_attention``
+and ``torch.nn.MultiheadAttention``.
+
+It materialises the full ``[B, Hq, Nq, Nk]`` score matrix: fine for teaching-sized inputs on a
+CPU, which is what it is for.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from attnlens._inputs import Prepared, ReturnWeights, prepare
+
+__all__ = ["scaled_dot_product_attention", "attention", "allowed_mask"]
+
+
+def allowed_mask(p: Prepared) -> Optional[torch.Tensor]:
+    """Bool ``[B or 1, Hq or 1, Nq, Nk]``: True where a query may attend to a key (causal, bool
+    attn_mask and key padding combined), or None when nothing is masked."""
+    batch, heads_q, seqlen_q, seqlen_k = p.shape
+    device = p.query.device
+    allowed = None
+    if p.is_causal:
+        rows = torch.arange(seqlen_q, device=device)[:, None]
+        cols = torch.arange(seqlen_k, device=device)[None, :]
+        allowed = (cols <= rows + p.causal_offset)[None, None]
+    if p.attn_mask is not None and p.attn_mask.dtype == torch.bool:
+        allowed = p.attn_mask if allowed is None else allowed & p.attn_mask
+    if p.key_padding_mask is not None:
+        keep = ~p.key_padding_mask[:, None, None, :]
+        allowed = keep if allowed is None else allowed & keep
+    return allowed
+
+
+def attention(p: Prepared, dropout_mask: Optional[torch.Tensor] = None,
+              generator: Optional[torch.Generator] = None
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention on prepared arguments, in the inputs' dtype.
+
+    Returns ``(out [B, Hq, Nq, Dv], weights [B, Hq, Nq, Nk], lse [B, Hq, Nq])``; weights are after
+    dropout, lse (natural log) is -inf for a row with nothing to attend to. ``dropout_mask`` (bool,
+    True = keep, broadcastable to the weights) replaces the random draw when given.
+    """
+    q, k, v = p.query, p.key, p.value
+    group = q.shape[1] // max(k.shape[1], 1)
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * p.scale
+    if p.attn_mask is not None and p.attn_mask.dtype != torch.bool:
+        scores = scores + p.attn_mask.to(scores.dtype)
+    allowed = allowed_mask(p)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    # Softmax by hand so that a row with nothing to attend to gives zeros instead of NaN.
+    row_max = scores.amax(dim=-1, keepdim=True).detach() if scores.shape[-1] else \
+        scores.new_full(scores.shape[:-1] + (1,), float("-inf"))
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    exp = torch.exp(scores - row_max)
+    total = exp.sum(dim=-1, keepdim=True)
+    empty = total == 0
+    weights = exp / torch.where(empty, torch.ones_like(total), total)
+    lse = torch.where(empty, torch.full_like(total, float("-inf")),
+                      torch.log(torch.where(empty, torch.ones_like(total), total)) + row_max).squeeze(-1)
+    if p.dropout_p > 0.0:
+        if dropout_mask is None:
+            draw = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=torch.float32)
+            dropout_mask = draw >= p.dropout_p
+        keep_scale = 0.0 if p.dropout_p >= 1.0 else 1.0 / (1.0 - p.dropout_p)
+        weights = torch.where(dropout_mask, weights * keep_scale, torch.zeros_like(weights))
+    out = torch.matmul(weights, v)
+    return out, weights, lse
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: Optional[float] = None, enable_gqa: bool = False, *,
+    key_padding_mask: Optional[torch.Tensor] = None, causal_alignment: str = "top_left",
+    return_weights: ReturnWeights = False, dropout_mask: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """The plain-PyTorch twin of ``attnlens.scaled_dot_product_attention`` (same arguments, same
+    results), plus ``dropout_mask`` (bool, True = keep) to impose a dropout pattern and
+    ``generator`` for the random draw otherwise."""
+    p = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                key_padding_mask, causal_alignment, return_weights)
+    out, weights, _ = attention(p, dropout_mask, generator)
+    return format_result(p, out, weights)
+
+
+def format_result(p: Prepared, out: torch.Tensor, weights: Optional[torch.Tensor]):
+    """Apply the public return convention: drop the batch dim for 3-D inputs, average heads for
+    ``return_weights='mean'`` (when ``weights`` is per head), return ``out`` or ``(out, weights)``."""
+    if p.weights_mode == 0:
+        return out.squeeze(0) if p.unbatched else out
+    if p.weights_mode == 2 and weights.dim() == 4:
+        weights = weights.mean(dim=1) if weights.shape[1] else weights.sum(dim=1)
+    if p.unbatched:
+        out, weights = out.squeeze(0), weights.squeeze(0)
+    return out, weights

@@ -1,0 +1,189 @@
+"""Block sizes, warps and pipeline stages for every attnlens kernel, per GPU architecture.
+
+This is the one place launch configurations live. ``get_config`` picks an entry from the tables
+below by kernel, architecture family, element size and head-dimension bucket; ``override_config``
+replaces any field for a block of code (tests use it to run the GPU tile shapes through the
+interpreter, and users use it to tune for their card).
+
+The tables are starting points chosen from the compile report (registers, spills, shared memory;
+see ``python -m attnlens.kernels.report``) and the usual FlashAttention-2 choices for each family.
+They are not yet tuned on hardware: ``bench/NOTES.md`` records what has been measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "KernelConfig",
+    "KERNELS",
+    "arch_family",
+    "get_config",
+    "override_config",
+    "head_dim_bucket",
+]
+
+#: kernels that take a launch configuration
+KERNELS = ("forward", "weights", "backward_dkdv", "backward_dq", "backward_preprocess")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Launch configuration of one kernel.
+
+    ``block_m`` tiles the query rows a program owns, ``block_n`` the keys streamed per step;
+    both must be powers of two and at least 16 (a ``tl.dot`` smaller than 16 compiles in the
+    interpreter but not for a GPU).
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 16 or value & (value - 1):
+                raise ValueError(f"KernelConfig.{name} must be a power of two >= 16, got {value!r}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"KernelConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
+        if not isinstance(self.num_stages, int) or self.num_stages < 1:
+            raise ValueError(f"KernelConfig.num_stages must be a positive int, got {self.num_stages!r}")
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    """The padded tile width a head dimension compiles to: the next power of two, at least 16."""
+    if head_dim < 1:
+        raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def arch_family(device: torch.device, interpreted: bool) -> str:
+    """``"interpreter"``, ``"sm90"`` (Hopper), ``"sm80"`` (A100), ``"sm8x"`` (consumer Ampere/Ada,
+    less shared memory) or ``"default"`` for anything else."""
+    if interpreted or device.type != "cuda":
+        return "interpreter"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major == 9:
+        return "sm90"
+    if (major, minor) == (8, 0):
+        return "sm80"
+    if major == 8:
+        return "sm8x"
+    return "default"
+
+
+# Key: (family, kernel, element bits, head-dim bucket upper bound) -> config.
+# Element bits 16 covers fp16/bf16; 32 is fp32 (ieee dot products, no tensor cores); 64 is the
+# gradcheck dtype. A bucket entry applies to head dims up to and including its bound.
+_K = KernelConfig
+_TABLE: Dict[Tuple[str, str, int, int], KernelConfig] = {}
+
+
+def _fill(family: str, kernel: str, bits: int, rows: Dict[int, KernelConfig]) -> None:
+    for bound, cfg in rows.items():
+        _TABLE[(family, kernel, bits, bound)] = cfg
+
+
+# The interpreter runs one program at a time with numpy and costs a few milliseconds per loop
+# iteration whatever the tile size, so large tiles keep the test suite fast. Tests override these
+# to small tiles (multi-block logic on short sequences) and to the GPU shapes.
+for _kernel in KERNELS:
+    for _bits in (16, 32, 64):
+        _fill("interpreter", _kernel, _bits, {256: _K(64, 64)})
+
+for _family in ("sm90", "sm80", "sm8x", "default"):
+    big_smem = _family in ("sm90", "sm80")
+    _fill(_family, "forward", 16, {
+        64: _K(128, 64, 4, 3),
+        128: _K(128, 64, 8, 3) if big_smem else _K(128, 32, 4, 2),
+        256: _K(64, 64, 4, 2) if big_smem else _K(64, 32, 4, 1),
+    })
+    _fill(_family, "weights", 16, {
+        64: _K(128, 64, 4, 2),
+        128: _K(128, 64, 8, 2) if big_smem else _K(64, 64, 4, 2),
+        256: _K(64, 64, 4, 2) if big_smem else _K(64, 32, 4, 1),
+    })
+    _fill(_family, "backward_dkdv", 16, {
+        64: _K(64, 128, 8, 2) if big_smem else _K(64, 64, 4, 2),
+        128: _K(64, 128, 8, 2) if big_smem else _K(32, 64, 4, 2),
+        256: _K(32, 64, 4, 1),
+    })
+    _fill(_family, "backward_dq", 16, {
+        64: _K(128, 64, 8, 2) if big_smem else _K(64, 64, 4, 2),
+        128: _K(128, 64, 8, 2) if big_smem else _K(64, 32, 4, 2),
+        256: _K(64, 32, 4, 1),
+    })
+    _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
+    for _kernel in KERNELS:
+        _fill(_family, _kernel, 32, {64: _K(64, 32, 4, 2), 128: _K(32, 32, 4, 2), 256: _K(32, 16, 4, 1)})
+        _fill(_family, _kernel, 64, {64: _K(32, 16, 4, 1), 256: _K(16, 16, 4, 1)})
+
+_OVERRIDES: Dict[Optional[str], Dict[str, int]] = {}
+
+
+def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
+               interpreted: bool = False) -> KernelConfig:
+    """The launch configuration for ``kernel`` on ``device`` for inputs of ``dtype`` and the
+    larger of the query/key and value head dimensions ``head_dim``.
+
+    Order of precedence: ``override_config`` (innermost wins), then the environment variable
+    ``ATTNLENS_CONFIG_<KERNEL>="block_m,block_n,num_warps,num_stages"``, then the table.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    bits = torch.finfo(dtype).bits
+    family = arch_family(device, interpreted)
+    bucket = head_dim_bucket(head_dim)
+    cfg = None
+    for (fam, ker, b, bound), entry in sorted(_TABLE.items(), key=lambda kv: kv[0][3]):
+        if fam == family and ker == kernel and b == bits and bucket <= bound:
+            cfg = entry
+            break
+    if cfg is None:
+        raise ValueError(f"no {kernel} configuration for {family}, {dtype}, head_dim={head_dim}")
+    env = os.environ.get(f"ATTNLENS_CONFIG_{kernel.upper()}")
+    if env:
+        try:
+            fields = [int(x) for x in env.split(",")]
+        except ValueError:
+            raise ValueError(f"ATTNLENS_CONFIG_{kernel.upper()} must be comma-separated ints "
+                             f"'block_m,block_n[,num_warps[,num_stages]]', got {env!r}") from None
+        cfg = dataclasses.replace(cfg, **dict(zip(("block_m", "block_n", "num_warps", "num_stages"), fields)))
+    for key in (None, kernel):
+        if key in _OVERRIDES:
+            cfg = dataclasses.replace(cfg, **_OVERRIDES[key])
+    return cfg
+
+
+@contextlib.contextmanager
+def override_config(kernel: Optional[str] = None, **fields: int) -> Iterator[None]:
+    """Replace configuration fields for every kernel (``kernel=None``) or one kernel::
+
+        with override_config(block_m=16, block_n=16):
+            attnlens.scaled_dot_product_attention(q, k, v)
+
+    Fields: ``block_m``, ``block_n``, ``num_warps``, ``num_stages``.
+    """
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"kernel must be None or one of {KERNELS}, got {kernel!r}")
+    allowed = {f.name for f in dataclasses.fields(KernelConfig)}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise TypeError(f"override_config got unknown fields {sorted(unknown)}; expected some of {sorted(allowed)}")
+    dataclasses.replace(KernelConfig(16, 16), **fields)  # validate values now, not at launch
+    previous = _OVERRIDES.get(kernel)
+    _OVERRIDES[kernel] = {**(previous or {}), **fields}
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _OVERRIDES[kernel]
+        else:
+            _OVERRIDES[kernel] = previous

@@ -1,0 +1,178 @@
+"""Triton building blocks shared by every attention kernel.
+
+The forward, the weights and the backward kernels all rebuild the same score tile; they call the
+helpers below so that the scale, the masks and the dropout pattern are applied identically
+everywhere. A weight the forward computes and a gradient the backward computes therefore see the
+same bits of mask and the same random numbers.
+
+Exponent domain: for fp16, bf16 and fp32 inputs the kernels work in base 2 (the softmax scale is
+multiplied by log2(e) on the host so ``exp2`` replaces ``exp``, which is one instruction on a GPU),
+and the saved log-sum-exp is in base 2. For fp64 inputs (gradcheck) they work in base e, because
+a log2(e) folded into a float32 kernel argument would cost fp64 its precision.
+
+Index tiles: helpers take ``rows`` (query positions) and ``cols`` (key positions) as broadcastable
+2-D integer tensors, ``offs_m[:, None]`` and ``offs_n[None, :]`` for a ``[BLOCK_M, BLOCK_N]``
+tile, or ``offs_m[None, :]`` and ``offs_n[:, None]`` for the transposed tile the dK/dV kernel
+uses; every helper works for both orientations.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+# Globals read inside @triton.jit must be tl.constexpr for the GPU compiler; the interpreter does
+# not enforce this (Triton 3.9), so the ahead-of-time compile test is what catches a plain float.
+LOG2E_CONSTEXPR = tl.constexpr(LOG2E)
+
+MASK_NONE = 0
+MASK_BOOL = 1
+MASK_ADDITIVE = 2
+
+
+@triton.jit
+def load_tile(ptrs, rows, cols, num_rows, num_cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """Load a tile, reading nothing at ``rows >= num_rows`` / ``cols >= num_cols`` when asked to
+    check them (zeros there). The checks compile away when the shape divides the block."""
+    if CHECK_ROWS and CHECK_COLS:
+        return tl.load(ptrs, mask=(rows < num_rows) & (cols < num_cols), other=0.0)
+    elif CHECK_ROWS:
+        return tl.load(ptrs, mask=rows < num_rows, other=0.0)
+    elif CHECK_COLS:
+        return tl.load(ptrs, mask=cols < num_cols, other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def store_tile(ptrs, value, rows, cols, num_rows, num_cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """Store a tile (cast to the pointer's dtype), writing nothing outside the checked bounds."""
+    value = value.to(ptrs.dtype.element_ty)
+    if CHECK_ROWS and CHECK_COLS:
+        tl.store(ptrs, value, mask=(rows < num_rows) & (cols < num_cols))
+    elif CHECK_ROWS:
+        tl.store(ptrs, value, mask=rows < num_rows)
+    elif CHECK_COLS:
+        tl.store(ptrs, value, mask=cols < num_cols)
+    else:
+        tl.store(ptrs, value)
+
+
+@triton.jit
+def exponential(x, USE_FP64: tl.constexpr):
+    """exp in the kernel's exponent domain: exp2 for 16/32-bit inputs, exp for fp64."""
+    if USE_FP64:
+        return tl.exp(x)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def logarithm(x, USE_FP64: tl.constexpr):
+    """log in the kernel's exponent domain (the inverse of ``exponential``)."""
+    if USE_FP64:
+        return tl.log(x)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def matmul(a, b, USE_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``a @ b`` accumulated in fp32 (fp64 for fp64 inputs).
+
+    DOT_PRECISION is "ieee" for fp32 inputs unless the user allowed TF32 through
+    ``torch.backends.cuda.matmul.allow_tf32``; it has no effect on 16-bit inputs.
+    """
+    if USE_FP64:
+        return tl.dot(a, b, out_dtype=tl.float64)
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def scaled_scores(a, b, qk_scale, qk_scale_lo, USE_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``(a @ b) * scale`` in the exponent domain.
+
+    Kernel float arguments are float32, so for fp64 the scale arrives split into a float32 head
+    ``qk_scale`` and the float32 remainder ``qk_scale_lo``; their sum carries ~48 bits.
+    """
+    qk = matmul(a, b, USE_FP64, DOT_PRECISION)
+    if USE_FP64:
+        return qk * qk_scale + qk * qk_scale_lo
+    else:
+        return qk * qk_scale
+
+
+@triton.jit
+def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base, stride_pad_k,
+                seqlen_q, seqlen_k, causal_offset,
+                CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                MASK_KIND: tl.constexpr, HAS_PADDING: tl.constexpr, USE_FP64: tl.constexpr):
+    """Set every score a query may not attend to to -inf, and add an additive mask.
+
+    s          scores in the exponent domain, shape of ``rows`` broadcast with ``cols``
+    mask_base  attn_mask of this (batch, head), read at ``rows * stride_mask_q + cols * stride_mask_k``
+               (uint8, nonzero = attend, or any float dtype, added to the scores)
+    pad_base   key_padding_mask of this batch as uint8, nonzero = padding, read at ``cols * stride_pad_k``
+    CHECK_ROWS / CHECK_COLS: the tile may reach past seqlen_q / seqlen_k; memory there is not read
+    IS_CAUSAL: key j is visible to query i iff j <= i + causal_offset
+    """
+    if MASK_KIND != 0:
+        mask_ptrs = mask_base + rows.to(tl.int64) * stride_mask_q + cols.to(tl.int64) * stride_mask_k
+        # Out-of-bounds elements load as 0 (bool: do not attend; float: add nothing); both are
+        # out of range anyway and are masked below or never stored.
+        mask_tile = load_tile(mask_ptrs, rows, cols, seqlen_q, seqlen_k, CHECK_ROWS, CHECK_COLS)
+        if MASK_KIND == 1:
+            s = tl.where(mask_tile != 0, s, float("-inf"))
+        else:
+            bias = mask_tile.to(s.dtype)
+            if not USE_FP64:
+                bias = bias * LOG2E_CONSTEXPR
+            s = s + bias
+    if HAS_PADDING:
+        if CHECK_COLS:
+            padded = tl.load(pad_base + cols * stride_pad_k, mask=cols < seqlen_k, other=1)
+        else:
+            padded = tl.load(pad_base + cols * stride_pad_k)
+        s = tl.where(padded != 0, float("-inf"), s)
+    if CHECK_COLS:
+        s = tl.where(cols < seqlen_k, s, float("-inf"))
+    if IS_CAUSAL:
+        s = tl.where(cols <= rows + causal_offset, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def dropout_keep(seed, rng_stream, rows, cols, dropout_p):
+    """True where a probability survives dropout, drawn with counter-based Philox.
+
+    The counter is (key index, query index, rng_stream, 0) with rng_stream = batch * Hq + head, so
+    every element of a [B, Hq, Nq, Nk] pattern has its own counter whatever the tiling: the
+    forward, the weights and the backward kernels regenerate the same pattern from the seed alone.
+    """
+    zero = rows * 0 + cols * 0
+    c0 = (cols + zero).to(tl.uint32, bitcast=True)
+    c1 = (rows + zero).to(tl.uint32, bitcast=True)
+    c2 = (zero + rng_stream).to(tl.uint32, bitcast=True)
+    c3 = zero.to(tl.uint32, bitcast=True)
+    r, _, _, _ = tl.philox(seed, c0, c1, c2, c3)
+    return tl.uint_to_uniform_float(r) >= dropout_p
+
+
+@triton.jit
+def _dropout_mask_kernel(keep_ptr, seed_ptr, seqlen_q, seqlen_k, num_heads, dropout_p,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Write the keep pattern the attention kernels use, for testing.
+
+    keep_ptr  uint8 [B, H, seqlen_q, seqlen_k], contiguous
+    seed_ptr  int64 [1]
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    bh = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    seed = tl.load(seed_ptr)
+    keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], dropout_p)
+    base = keep_ptr + bh.to(tl.int64) * seqlen_q * seqlen_k
+    ptrs = base + offs_m.to(tl.int64)[:, None] * seqlen_k + offs_n[None, :]
+    tl.store(ptrs, keep.to(tl.uint8), mask=(offs_m[:, None] < seqlen_q) & (offs_n[None, :] < seqlen_k))

@@ -1,0 +1,52 @@
+"""Packaging for attnlens.
+
+The repository keeps the card's folders (``kernels/``, ``attention/``, ``viz/``) and maps them into
+one import package, so nothing called ``kernels``, ``attention`` or ``viz`` is ever installed at top
+level (all three names are taken on PyPI, and transformers imports a ``kernels`` package when it
+finds one).
+"""
+
+from setuptools import setup
+
+PACKAGE_DIR = {
+    "attnlens": "attention",
+    "attnlens.integrations": "attention/integrations",
+    "attnlens.kernels": "kernels",
+    "attnlens.viz": "viz",
+}
+
+with open("README.md", encoding="utf-8") as fh:
+    LONG_DESCRIPTION = fh.read()
+
+setup(
+    name="attnlens",
+    version="0.1.0",
+    description=(
+        "Fused Triton attention kernels that return the exact attention weights, "
+        "with drop-in modules and attention visualisation"
+    ),
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=list(PACKAGE_DIR),
+    package_dir=PACKAGE_DIR,
+    install_requires=[
+        "torch>=2.4",
+        # Triton ships Linux wheels only; elsewhere attnlens runs its PyTorch reference path.
+        "triton>=3.0; platform_system == 'Linux'",
+        "numpy",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "demo": ["tqdm"],
+        "hf": ["transformers>=4.48"],
+        "dev": ["ruff", "pandas"],
+    },
+    entry_points={"console_scripts": ["attnlens=attnlens.__main__:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

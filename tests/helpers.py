@@ -1,0 +1,115 @@
+"""Shared test helpers: inputs, poisoned memory and the flash-attn tolerance rule."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+import attnlens
+from attnlens._inputs import prepare
+from attnlens.reference import attention as reference_attention
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_worst(actual: torch.Tensor, expected: torch.Tensor) -> str:
+    """Where two tensors differ most: index, both values and the error."""
+    a = actual.detach().to(torch.float64).cpu()
+    e = expected.detach().to(torch.float64).cpu()
+    diff = (a - e).abs()
+    both_inf = torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))
+    diff = torch.where(both_inf, torch.zeros_like(diff), diff)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    if diff.numel() == 0:
+        return "empty"
+    flat = int(diff.argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    return (f"worst at {index}: got {a[index].item():.8g}, expected {e[index].item():.8g}, "
+            f"error {diff[index].item():.3g}")
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Max absolute difference; equal infinities count as 0, NaN as inf."""
+    a = actual.detach().to(torch.float64).cpu()
+    e = expected.detach().to(torch.float64).cpu()
+    if a.shape != e.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if a.numel() == 0:
+        return 0.0
+    same_inf = torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))
+    diff = torch.where(same_inf, torch.zeros_like(a), (a - e).abs())
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    return float(diff.max())
+
+
+def assert_rule(name: str, actual: torch.Tensor, exact: torch.Tensor, lowp: torch.Tensor,
+                factor: float = 2.0, dtype: Optional[torch.dtype] = None) -> None:
+    """flash-attn's rule: |actual - exact| <= factor * |lowp - exact| + floor.
+
+    ``exact`` is computed in float64, ``lowp`` with the same maths in the input dtype. The floor is
+    twice the error of merely rounding ``exact`` to the input dtype,
+    plus half an ulp at the result's magnitude (1e-12 relative for fp64), so a kernel that is as
+    exact as its dtype allows always passes.
+    """
+    dtype = dtype or actual.dtype
+    exact64 = exact.detach().to(torch.float64).cpu()
+    finite = exact64[torch.isfinite(exact64)]
+    magnitude = float(finite.abs().max()) if finite.numel() else 0.0
+    rounding = max_error(exact64.to(dtype), exact64) if exact64.numel() else 0.0
+    half_ulp = 0.5 * torch.finfo(dtype).eps * magnitude
+    floor = 2 * rounding + max(half_ulp, 1e-12 * max(1.0, magnitude))
+    bound = factor * max_error(lowp, exact64) + floor
+    error = max_error(actual, exact64)
+    assert error <= bound, (f"{name}: max error {error:.3g} exceeds {factor}x the {dtype} reference's "
+                            f"error + floor = {bound:.3g}; {describe_worst(actual, exact64)}")
+
+
+def assert_equal(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert torch.equal(actual, expected), f"{name} differs: {describe_worst(actual, expected)}"
+
+
+def make_qkv(batch: int, heads_q: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+             dtype: torch.dtype, heads_kv: Optional[int] = None, head_dim_v: Optional[int] = None,
+             requires_grad: bool = False):
+    heads_kv = heads_kv or heads_q
+    head_dim_v = head_dim_v or head_dim
+    q = torch.randn(batch, heads_q, seqlen_q, head_dim, dtype=dtype, device=DEVICE)
+    k = torch.randn(batch, heads_kv, seqlen_k, head_dim, dtype=dtype, device=DEVICE)
+    v = torch.randn(batch, heads_kv, seqlen_k, head_dim_v, dtype=dtype, device=DEVICE)
+    if requires_grad:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+    return q, k, v
+
+
+def poisoned_like(t: torch.Tensor, slack: Sequence[int]) -> torch.Tensor:
+    """A view equal to ``t`` inside a larger NaN-filled (for bool: True-filled) buffer, with
+    ``slack[i]`` extra elements after each dimension i, so reading past any bound is seen."""
+    big = tuple(s + extra for s, extra in zip(t.shape, slack))
+    fill = True if t.dtype == torch.bool else float("nan")
+    buf = torch.full(big, fill, dtype=t.dtype, device=t.device)
+    view = buf[tuple(slice(0, s) for s in t.shape)]
+    view.copy_(t)
+    return view
+
+
+def reference(q, k, v, dtype=None, **kwargs):
+    """The reference's (out, per-head weights, lse natural) on the same arguments, cast to
+    ``dtype`` (float64 for the exact oracle; the input dtype for the 'same maths' one)."""
+    dtype = dtype or q.dtype
+
+    def cast(t):
+        if t is None or not torch.is_tensor(t) or not t.is_floating_point():
+            return t
+        return t.detach().to(dtype)
+    kwargs = {key: cast(val) for key, val in kwargs.items()}
+    weights_mode = kwargs.pop("return_weights", False)
+    del weights_mode
+    p = prepare(cast(q), cast(k), cast(v), **kwargs)
+    return reference_attention(p)
+
+
+def sdpa(*args, **kwargs):
+    return attnlens.scaled_dot_product_attention(*args, **kwargs)

@@ -1,0 +1,311 @@
+"""The fused forward and weights kernels against a float64 reference (flash-attn's 2x rule).
+
+Each check compares four things: the output, the per-head weights, the head-averaged weights and
+the log-sum-exp. Shapes are the ones that break naive kernels: odd lengths, Nq != Nk both ways,
+odd head dims, GQA, every mask alone and together, rows with nothing to attend to.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlens
+from attnlens._inputs import prepare
+from attnlens._ops import attention_op
+from attnlens.kernels import AttentionProblem, attention_weights, lse_to_natural, override_config
+from helpers import DEVICE, assert_equal, assert_rule, make_qkv, poisoned_like, reference
+
+DTYPES = [torch.float16, torch.float32, torch.float64]
+
+
+def run_kernels(q, k, v, **kwargs):
+    """(out, lse natural, per-head weights, mean weights) from the kernels, for prepared args."""
+    p = prepare(q, k, v, return_weights=True, **kwargs)
+    out, lse, weights = attention_op(p.query, p.key, p.value, p.attn_mask, p.key_padding_mask, None,
+                                     p.scale, 0.0, p.is_causal, p.causal_offset, 1, False)
+    problem = AttentionProblem(scale=p.scale, is_causal=p.is_causal, causal_offset=p.causal_offset,
+                               attn_mask=p.attn_mask, key_padding_mask=p.key_padding_mask)
+    mean = attention_weights(p.query, p.key, lse, problem, mean=True)
+    return out, lse_to_natural(lse), weights, mean
+
+
+def check(q, k, v, **kwargs):
+    """Kernels vs float64 reference, with the input-dtype reference setting the tolerance."""
+    out, lse, weights, mean = run_kernels(q, k, v, **kwargs)
+    exact = reference(q, k, v, torch.float64, **kwargs)
+    lowp = reference(q, k, v, q.dtype, **kwargs)
+    assert_rule("out", out, exact[0], lowp[0])
+    assert_rule("weights", weights, exact[1], lowp[1])
+    assert_rule("mean weights", mean, exact[1].mean(1), lowp[1].mean(1))
+    assert_rule("lse", lse, exact[2], lowp[2], dtype=q.dtype)
+    assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+    return out, weights, mean
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlen", [1, 2, 3, 17, 31, 97, 113, 127, 128, 129, 200, 257])
+def test_sequence_lengths(dtype, seqlen):
+    q, k, v = make_qkv(1, 2, seqlen, seqlen, 64, dtype)
+    check(q, k, v)
+    check(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("seqlen", [1023, 1025])
+def test_long_sequences(seqlen):
+    q, k, v = make_qkv(1, 1, seqlen, seqlen, 32, torch.float16)
+    check(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(113, 203), (203, 113), (1, 147), (147, 1), (3, 799),
+                                               (799, 3), (127, 512), (512, 127)])
+@pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
+def test_unequal_lengths(seqlen_q, seqlen_k, alignment):
+    q, k, v = make_qkv(2, 1, seqlen_q, seqlen_k, 40, torch.float16)
+    check(q, k, v)
+    check(q, k, v, is_causal=True, causal_alignment=alignment)
+
+
+@pytest.mark.parametrize("head_dim", [1, 8, 16, 40, 59, 64, 80, 96, 111, 128, 160, 256])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_head_dims(head_dim, dtype):
+    q, k, v = make_qkv(1, 2, 70, 90, head_dim, dtype)
+    check(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("head_dim,head_dim_v", [(64, 32), (24, 80), (59, 111)])
+def test_value_head_dim_differs(head_dim, head_dim_v):
+    q, k, v = make_qkv(2, 2, 65, 77, head_dim, torch.float16, head_dim_v=head_dim_v)
+    check(q, k, v)
+
+
+@pytest.mark.parametrize("heads_q,heads_kv", [(1, 1), (3, 3), (9, 9), (2, 1), (8, 1), (6, 3), (8, 2)])
+def test_heads_and_gqa(heads_q, heads_kv):
+    q, k, v = make_qkv(2, heads_q, 45, 67, 32, torch.float32, heads_kv=heads_kv)
+    check(q, k, v, enable_gqa=heads_q != heads_kv, is_causal=True, causal_alignment="bottom_right")
+
+
+def _masks(kind, batch, heads, seqlen_q, seqlen_k, dtype):
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return torch.rand(batch, heads, seqlen_q, seqlen_k, device=DEVICE) > 0.3
+    if kind == "bool_2d":
+        return torch.rand(seqlen_q, seqlen_k, device=DEVICE) > 0.5
+    if kind == "float":
+        mask = torch.randn(batch, 1, seqlen_q, seqlen_k, device=DEVICE, dtype=dtype)
+        mask[..., ::3] = float("-inf")
+        return mask
+    if kind == "float_row":  # broadcast over batch, heads and queries
+        return torch.randn(seqlen_k, device=DEVICE, dtype=dtype)
+    raise ValueError(kind)
+
+
+def _padding(batch, seqlen_k):
+    pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=DEVICE)
+    pad[0, seqlen_k - seqlen_k // 3:] = True           # right padding
+    if batch > 1:
+        pad[1, : seqlen_k // 4] = True                  # left padding
+    if batch > 2:
+        pad[2, torch.arange(0, seqlen_k, 3)] = True     # scattered
+    return pad
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "bool_2d", "float", "float_row"])
+@pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
+@pytest.mark.parametrize("padding", [False, True])
+def test_every_mask_combination(mask_kind, causal, padding):
+    """Small tiles so that several key and query blocks, the diagonal and the ragged edge all
+    occur in a short sequence."""
+    batch, heads, seqlen_q, seqlen_k = 3, 2, 29, 41
+    q, k, v = make_qkv(batch, heads, seqlen_q, seqlen_k, 24, torch.float32)
+    kwargs = {}
+    mask = _masks(mask_kind, batch, heads, seqlen_q, seqlen_k, torch.float32)
+    if mask is not None:
+        kwargs["attn_mask"] = mask
+    if causal != "none":
+        kwargs.update(is_causal=True, causal_alignment=causal)
+    if padding:
+        kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
+    with override_config(block_m=16, block_n=16):
+        check(q, k, v, **kwargs)
+
+
+def test_gpu_tile_shapes():
+    """The block shapes the GPU tables use, through the interpreter."""
+    q, k, v = make_qkv(2, 1, 150, 201, 64, torch.float16)
+    pad = _padding(2, 201)
+    for block_m, block_n in [(128, 64), (128, 32), (64, 32), (32, 16), (64, 128)]:
+        with override_config(block_m=block_m, block_n=block_n):
+            check(q, k, v, is_causal=True, causal_alignment="bottom_right", key_padding_mask=pad)
+
+
+class TestRowsWithNothingToAttendTo:
+    """Output 0, weights 0, lse -inf, never NaN."""
+
+    def _assert_empty_rows(self, out, weights, mean, rows):
+        assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+        assert (out[:, :, rows] == 0).all()
+        assert (weights[:, :, rows] == 0).all()
+        assert (mean[:, rows] == 0).all()
+
+    def test_causal_bottom_right_with_more_queries_than_keys(self):
+        q, k, v = make_qkv(1, 2, 40, 25, 16, torch.float16)
+        out, weights, mean = check(q, k, v, is_causal=True, causal_alignment="bottom_right")
+        self._assert_empty_rows(out, weights, mean, slice(0, 15))
+        assert (weights[:, :, 15:].float().sum(-1) - 1).abs().max() < 1e-2
+
+    def test_all_keys_padded_in_one_batch_element(self):
+        q, k, v = make_qkv(2, 3, 30, 45, 16, torch.float32)
+        pad = torch.zeros(2, 45, dtype=torch.bool)
+        pad[1] = True
+        out, weights, mean = check(q, k, v, key_padding_mask=pad)
+        assert (out[1] == 0).all() and (weights[1] == 0).all() and (mean[1] == 0).all()
+        assert (weights[0].sum(-1) - 1).abs().max() < 1e-5
+
+    def test_bool_mask_rows_all_false(self):
+        q, k, v = make_qkv(1, 2, 33, 70, 32, torch.float16)
+        mask = torch.rand(33, 70) > 0.5
+        mask[[0, 5, 32]] = False
+        out, weights, mean = check(q, k, v, attn_mask=mask)
+        self._assert_empty_rows(out, weights, mean, [0, 5, 32])
+
+    def test_float_mask_rows_all_minus_inf(self):
+        q, k, v = make_qkv(1, 1, 20, 30, 32, torch.float32)
+        mask = torch.zeros(20, 30)
+        mask[3] = float("-inf")
+        out, weights, mean = check(q, k, v, attn_mask=mask)
+        self._assert_empty_rows(out, weights, mean, [3])
+
+    def test_all_false_mask(self):
+        q, k, v = make_qkv(2, 2, 17, 19, 16, torch.float16)
+        out, weights, mean = check(q, k, v, attn_mask=torch.zeros(17, 19, dtype=torch.bool))
+        assert (out == 0).all() and (weights == 0).all() and (mean == 0).all()
+
+    def test_all_true_mask_equals_no_mask(self):
+        q, k, v = make_qkv(2, 2, 17, 19, 16, torch.float32)
+        masked = run_kernels(q, k, v, attn_mask=torch.ones(17, 19, dtype=torch.bool))
+        plain = run_kernels(q, k, v)
+        for name, a, b in zip(("out", "lse", "weights", "mean"), masked, plain):
+            assert_equal(name, a, b)
+
+    def test_padding_and_causal_empty_every_row_of_a_block(self):
+        """Left padding that covers the diagonal: early rows of block 0 see nothing."""
+        q, k, v = make_qkv(1, 1, 48, 48, 16, torch.float32)
+        pad = torch.zeros(1, 48, dtype=torch.bool)
+        pad[0, :20] = True
+        with override_config(block_m=16, block_n=16):
+            out, weights, mean = check(q, k, v, is_causal=True, key_padding_mask=pad)
+        self._assert_empty_rows(out, weights, mean, slice(0, 20))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_poisoned_memory_is_never_read(dtype):
+    """Inputs and masks are views into NaN-filled buffers (slack after every dim); the results
+    must be finite and bitwise equal to those of clean contiguous copies."""
+    q, k, v = make_qkv(2, 3, 37, 51, 40, dtype)
+    mask = torch.randn(2, 3, 37, 51, dtype=dtype)
+    pad = _padding(2, 51)
+    kwargs = dict(is_causal=True, causal_alignment="bottom_right")
+    with override_config(block_m=16, block_n=32):
+        clean = run_kernels(q, k, v, attn_mask=mask, key_padding_mask=pad, **kwargs)
+        dirty = run_kernels(poisoned_like(q, (1, 1, 7, 9)), poisoned_like(k, (1, 2, 5, 3)),
+                            poisoned_like(v, (2, 1, 11, 5)), attn_mask=poisoned_like(mask, (1, 1, 3, 13)),
+                            key_padding_mask=poisoned_like(pad, (1, 6)), **kwargs)
+    for name, a, b in zip(("out", "lse", "weights", "mean"), dirty, clean):
+        assert torch.isfinite(a[a != float("-inf")]).all(), f"{name} has NaN"
+        assert_equal(name, a, b)
+
+
+def test_transposed_inputs_need_no_copy():
+    """[B, N, H, D] tensors viewed as [B, H, N, D], as nn.MultiheadAttention-style code makes them."""
+    b, n, h, d = 2, 45, 3, 32
+    q = torch.randn(b, n, h, d).transpose(1, 2)
+    k = torch.randn(b, n + 10, h, d).transpose(1, 2)
+    v = torch.randn(b, n + 10, h, d).transpose(1, 2)
+    assert not q.is_contiguous()
+    out, weights, _ = check(q, k, v, is_causal=True)
+    # the output is laid out like the query, so merging heads is free
+    assert out.transpose(1, 2).is_contiguous()
+    contiguous = run_kernels(q.contiguous(), k.contiguous(), v.contiguous(), is_causal=True)
+    assert_equal("out", out, contiguous[0])
+    assert_equal("weights", weights, contiguous[2])
+
+
+def test_scaled_inputs_do_not_overflow_fp16():
+    q, k, v = make_qkv(2, 2, 100, 120, 64, torch.float16)
+    out, weights, _ = check(q * 5, k * 3, v)
+    assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+
+
+def test_scale_argument():
+    q, k, v = make_qkv(1, 2, 30, 40, 16, torch.float64)
+    check(q, k, v, scale=0.37)
+    check(q, k, v, scale=-1.5)
+
+
+class TestZeroLengths:
+    def test_no_queries(self):
+        q, k, v = make_qkv(2, 3, 0, 10, 16, torch.float32)
+        out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True)
+        assert out.shape == (2, 3, 0, 16) and weights.shape == (2, 3, 0, 10)
+
+    def test_no_keys(self):
+        q, k, v = make_qkv(2, 3, 10, 0, 16, torch.float32)
+        out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True)
+        assert out.shape == (2, 3, 10, 16) and (out == 0).all()
+        assert weights.shape == (2, 3, 10, 0)
+        _, mean = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean")
+        assert mean.shape == (2, 10, 0)
+
+    def test_empty_batch(self):
+        q, k, v = make_qkv(0, 3, 10, 12, 16, torch.float32)
+        out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True)
+        assert out.shape == (0, 3, 10, 16) and weights.shape == (0, 3, 10, 12)
+
+    def test_reference_agrees(self):
+        q, k, v = make_qkv(2, 3, 10, 0, 16, torch.float32)
+        with attnlens.use_backend("reference"):
+            out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean")
+        assert (out == 0).all() and weights.shape == (2, 10, 0)
+
+
+class TestPublicApi:
+    def test_return_conventions(self):
+        q, k, v = make_qkv(2, 3, 20, 25, 16, torch.float32)
+        out = attnlens.scaled_dot_product_attention(q, k, v)
+        out_w, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True)
+        out_m, mean = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean")
+        assert_equal("out", out, out_w)
+        assert_equal("out", out, out_m)
+        assert weights.shape == (2, 3, 20, 25) and mean.shape == (2, 20, 25)
+        assert_rule("mean", mean, weights.double().mean(1), weights.double().mean(1), dtype=torch.float32)
+
+    def test_unbatched_inputs(self):
+        q, k, v = make_qkv(1, 3, 20, 25, 16, torch.float32)
+        out, weights = attnlens.scaled_dot_product_attention(q[0], k[0], v[0], return_weights=True)
+        full_out, full_weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True)
+        assert_equal("out", out, full_out[0])
+        assert_equal("weights", weights, full_weights[0])
+        _, mean = attnlens.scaled_dot_product_attention(q[0], k[0], v[0], return_weights="mean")
+        assert mean.shape == (20, 25)
+
+    def test_matches_torch_sdpa(self):
+        q, k, v = make_qkv(2, 4, 50, 60, 32, torch.float32)
+        mask = torch.rand(2, 1, 50, 60) > 0.2
+        ours = attnlens.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        exact = reference(q, k, v, torch.float64, attn_mask=mask)[0]
+        assert_rule("out vs torch", ours, exact, theirs)
+
+    def test_kernels_and_reference_paths_agree(self):
+        q, k, v = make_qkv(2, 4, 50, 60, 32, torch.float64, heads_kv=2)
+        pad = _padding(2, 60)
+        kwargs = dict(enable_gqa=True, is_causal=True, key_padding_mask=pad, return_weights=True)
+        assert attnlens.selected_backend(q.device) == "kernels"
+        out, weights = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
+        with attnlens.use_backend("reference"):
+            assert attnlens.selected_backend(q.device) == "reference"
+            ref_out, ref_weights = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
+        assert (out - ref_out).abs().max() < 1e-12
+        assert (weights - ref_weights).abs().max() < 1e-12

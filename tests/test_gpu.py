@@ -1,0 +1,65 @@
+"""Checks only a CUDA GPU can make; skipped elsewhere with the reason (see conftest.py).
+
+- bf16: the Triton interpreter multiplies bf16 bit patterns in ``tl.dot`` (triton issues
+  11584/11585), so bf16 correctness is only observable on a GPU.
+- Offsets past 2**31 elements: tensors of several GiB.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlens
+from helpers import assert_rule, make_qkv, reference
+
+pytestmark = pytest.mark.gpu
+
+
+def _check(q, k, v, **kwargs):
+    out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
+    _, mean = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean", **kwargs)
+    exact = reference(q, k, v, torch.float64, **kwargs)
+    lowp = reference(q, k, v, q.dtype, **kwargs)
+    assert_rule("out", out, exact[0], lowp[0])
+    assert_rule("weights", weights, exact[1], lowp[1])
+    assert_rule("mean", mean, exact[1].mean(1), lowp[1].mean(1))
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(1, 1), (17, 17), (113, 203), (203, 113), (1023, 1025)])
+@pytest.mark.parametrize("head_dim", [16, 59, 64, 128, 160, 256])
+def test_bf16_forward(seqlen_q, seqlen_k, head_dim):
+    q, k, v = make_qkv(2, 3, seqlen_q, seqlen_k, head_dim, torch.bfloat16)
+    pad = torch.zeros(2, seqlen_k, dtype=torch.bool, device=q.device)
+    pad[1, seqlen_k // 2:] = True
+    _check(q, k, v)
+    _check(q, k, v, is_causal=True, causal_alignment="bottom_right", key_padding_mask=pad)
+
+
+def test_bf16_gqa_and_masks():
+    q, k, v = make_qkv(2, 8, 300, 301, 64, torch.bfloat16, heads_kv=2)
+    mask = torch.rand(2, 1, 300, 301, device=q.device) > 0.2
+    _check(q, k, v, enable_gqa=True, attn_mask=mask, is_causal=True)
+
+
+def test_weights_past_two_to_the_31_elements():
+    """B*H*Nq*Nk > 2**31: the last rows of the weights land past int32 offsets."""
+    n = 46400  # 46400**2 = 2.15e9 > 2**31
+    q, k, v = make_qkv(1, 1, n, n, 16, torch.float16)
+    out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True)
+    rows = slice(n - 70, n)
+    exact = reference(q[:, :, rows], k, v, torch.float64)
+    lowp = reference(q[:, :, rows], k, v, torch.float16)
+    assert_rule("out (last rows)", out[:, :, rows], exact[0], lowp[0])
+    assert_rule("weights (last rows)", weights[:, :, rows], exact[1], lowp[1])
+
+
+def test_inputs_past_two_to_the_31_elements():
+    """B*H*N*D > 2**31 for q/k/v and the output: the last batch element is far past int32."""
+    b, h, n, d = 1040, 16, 1024, 128  # 2.18e9 elements per tensor, 4.4 GB in fp16
+    q, k, v = make_qkv(b, h, n, n, d, torch.float16)
+    out = attnlens.scaled_dot_product_attention(q, k, v, is_causal=True)
+    last = slice(b - 1, b)
+    exact = reference(q[last], k[last], v[last], torch.float64, is_causal=True)
+    lowp = reference(q[last], k[last], v[last], torch.float16, is_causal=True)
+    assert_rule("out (last batch)", out[last], exact[0], lowp[0])

@@ -1,0 +1,111 @@
+"""Bad arguments raise TypeError/ValueError naming the argument, what it got and what it expects,
+identically on the kernel path and on the reference path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlens
+
+B, H, NQ, NK, D = 2, 4, 5, 7, 8
+
+
+def qkv(dtype=torch.float32):
+    return (torch.randn(B, H, NQ, D, dtype=dtype), torch.randn(B, H, NK, D, dtype=dtype),
+            torch.randn(B, H, NK, D, dtype=dtype))
+
+
+def _call(backend, *args, **kwargs):
+    with attnlens.use_backend(backend):
+        return attnlens.scaled_dot_product_attention(*args, **kwargs)
+
+
+CASES = [
+    # (description, builder returning (args, kwargs), exception, message fragments)
+    ("query not a tensor", lambda q, k, v: ((q.tolist(), k, v), {}), TypeError, ["query", "list"]),
+    ("integer dtype", lambda q, k, v: ((q.int(), k, v), {}), TypeError, ["query", "int32"]),
+    ("mixed dtypes", lambda q, k, v: ((q, k.double(), v), {}), TypeError, ["same dtype", "float64"]),
+    ("rank 2", lambda q, k, v: ((q[0, 0], k[0, 0], v[0, 0]), {}), ValueError, ["query", "4-D", "(5, 8)"]),
+    ("rank 5", lambda q, k, v: ((q[None], k[None], v[None]), {}), ValueError, ["query", "4-D"]),
+    ("ranks differ", lambda q, k, v: ((q, k[0], v[0]), {}), ValueError, ["key and value", "dimensions"]),
+    ("batch mismatch", lambda q, k, v: ((q, k[:1], v[:1]), {}), ValueError, ["batch size", "(1, 4, 7, 8)"]),
+    ("head dim mismatch", lambda q, k, v: ((q, k[..., :4], v), {}), ValueError, ["key head dim", "8"]),
+    ("value length", lambda q, k, v: ((q, k, v[:, :, :3]), {}), ValueError, ["value", "(2, 4, 3, 8)"]),
+    ("head dim over 256", lambda q, k, v: ((torch.randn(1, 1, 2, 257),) * 3, {}), ValueError,
+     ["head dim", "256", "257"]),
+    ("gqa without flag", lambda q, k, v: ((q, k[:, :2], v[:, :2]), {}), ValueError, ["enable_gqa", "4", "2"]),
+    ("gqa not a multiple", lambda q, k, v: ((q, k[:, :3], v[:, :3]), {"enable_gqa": True}), ValueError,
+     ["multiple", "4", "3"]),
+    ("dropout negative", lambda q, k, v: ((q, k, v), {"dropout_p": -0.1}), ValueError, ["dropout_p", "-0.1"]),
+    ("dropout string", lambda q, k, v: ((q, k, v), {"dropout_p": "0.1"}), TypeError, ["dropout_p", "str"]),
+    ("is_causal int", lambda q, k, v: ((q, k, v), {"is_causal": 1}), TypeError, ["is_causal", "int"]),
+    ("scale string", lambda q, k, v: ((q, k, v), {"scale": "x"}), TypeError, ["scale", "str"]),
+    ("scale nan", lambda q, k, v: ((q, k, v), {"scale": float("nan")}), ValueError, ["scale", "nan"]),
+    ("alignment", lambda q, k, v: ((q, k, v), {"causal_alignment": "bottom"}), ValueError,
+     ["causal_alignment", "'bottom'", "bottom_right"]),
+    ("return_weights value", lambda q, k, v: ((q, k, v), {"return_weights": "max"}), ValueError,
+     ["return_weights", "'max'", "mean"]),
+    ("mask wrong shape", lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(NQ, NK + 1, dtype=torch.bool)}),
+     ValueError, ["attn_mask", "(5, 8)", "[2, 4, 5, 7]"]),
+    ("mask 5-D", lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(1, B, H, NQ, NK, dtype=torch.bool)}),
+     ValueError, ["attn_mask", "at most 4"]),
+    ("mask int", lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(NQ, NK, dtype=torch.int64)}),
+     TypeError, ["attn_mask", "int64", "bool"]),
+    ("padding float", lambda q, k, v: ((q, k, v), {"key_padding_mask": torch.zeros(B, NK)}), TypeError,
+     ["key_padding_mask", "float32", "bool"]),
+    ("padding shape", lambda q, k, v: ((q, k, v), {"key_padding_mask": torch.zeros(B, NQ, dtype=torch.bool)}),
+     ValueError, ["key_padding_mask", "[2, 7]", "(2, 5)"]),
+]
+
+
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_arguments(case, backend):
+    _, build, exc, fragments = case
+    args, kwargs = build(*qkv())
+    with pytest.raises(exc) as info:
+        _call(backend, *args, **kwargs)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_mask_requires_grad_is_refused():
+    q, k, v = qkv()
+    bias = torch.zeros(NQ, NK, requires_grad=True)
+    for backend in ("kernels", "reference"):
+        with pytest.raises(ValueError, match="attn_mask requires grad"):
+            _call(backend, q, k, v, attn_mask=bias)
+    with torch.no_grad():  # allowed when no graph is being built
+        _call("kernels", q, k, v, attn_mask=bias)
+    _call("kernels", q, k, v, attn_mask=bias.detach())
+
+
+def test_unbatched_mask_must_not_be_4d():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="unbatched"):
+        attnlens.scaled_dot_product_attention(q[0], k[0], v[0], attn_mask=torch.ones(1, H, NQ, NK, dtype=torch.bool))
+
+
+def test_device_mismatch_is_named():
+    q, k, v = qkv()
+    meta = torch.empty_like(k, device="meta")
+    with pytest.raises(ValueError, match="same device"):
+        attnlens.scaled_dot_product_attention(q, meta, v)
+
+
+def test_masks_are_never_copied_or_cast():
+    """A broadcast mask reaches the kernel as a stride-0 view of the caller's memory."""
+    from attnlens._inputs import prepare
+    mask = torch.rand(NQ, NK) > 0.5
+    p = prepare(*qkv(), attn_mask=mask)
+    assert p.attn_mask.shape == (B, H, NQ, NK)
+    assert p.attn_mask.stride()[:2] == (0, 0)
+    assert p.attn_mask.data_ptr() == mask.data_ptr() and p.attn_mask.dtype == torch.bool
+
+
+def test_backend_names():
+    with pytest.raises(ValueError, match="backend"):
+        with attnlens.use_backend("fast"):
+            pass
