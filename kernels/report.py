@@ -128,7 +128,10 @@ def _constexpr_flags(kernel) -> List[str]:
     import triton.language as tl
     fn = kernel.fn  # the Python function, under both JITFunction and InterpretedFunction
     names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
-    return [n for n in names if fn.__annotations__.get(n) is tl.constexpr and not n.startswith("BLOCK_")]
+
+    def is_constexpr(annotation) -> bool:  # a string under `from __future__ import annotations`
+        return annotation is tl.constexpr or (isinstance(annotation, str) and annotation.endswith("constexpr"))
+    return [n for n in names if is_constexpr(fn.__annotations__.get(n)) and not n.startswith("BLOCK_")]
 
 
 def _flag_value(name: str, pattern: int, index: int, dtype: str):
