@@ -14,9 +14,10 @@ from typing import Optional, Tuple
 import torch
 
 from attnlens.kernels import USES_WRAP_TRITON, AttentionProblem, attention_forward, attention_weights
+from attnlens.kernels.backward import attention_backward
 from attnlens.kernels.forward import _like_query_layout
 
-__all__ = ["attention_op"]
+__all__ = ["attention_op", "attention_backward_op"]
 
 _MODE_NONE, _MODE_PER_HEAD, _MODE_MEAN = 0, 1, 2
 
@@ -69,14 +70,51 @@ def _forward_fake(query, key, value, attn_mask, key_padding_mask, seed, scale, d
     return out, lse, weights
 
 
+def _backward_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, grad_out: torch.Tensor, grad_weights: Optional[torch.Tensor],
+                   attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
+                   seed: Optional[torch.Tensor], scale: float, dropout_p: float, is_causal: bool,
+                   causal_offset: int, weights_mode: int, allow_tf32: bool
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    problem = _problem(query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal,
+                       causal_offset, allow_tf32)
+    return attention_backward(query, key, value, out, lse, grad_out, problem, grad_weights=grad_weights,
+                              weights_mean=weights_mode == _MODE_MEAN)
+
+
+attention_backward_op = _register("attnlens::attention_backward", _backward_impl)
+
+
+@attention_backward_op.register_fake
+def _backward_fake(query, key, value, out, lse, grad_out, grad_weights, attn_mask, key_padding_mask, seed,
+                   scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32):
+    return (_like_query_layout(query, tuple(query.shape)), _like_query_layout(key, tuple(key.shape)),
+            _like_query_layout(value, tuple(value.shape)))
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
+    (query, key, value, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal,
+     causal_offset, weights_mode, allow_tf32) = inputs
+    out, lse, _ = output
+    ctx.save_for_backward(query, key, value, out, lse, attn_mask, key_padding_mask, seed)
+    ctx.params = (scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32)
+    ctx.mark_non_differentiable(lse)
+    # Leave unused outputs' gradients as None: a weights tensor returned only to be looked at
+    # must not cost an N x N read of zeros in the backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_lse, grad_weights):
-    raise NotImplementedError(
-        "attnlens: the backward pass of the fused kernels is not implemented yet; compute "
-        "gradients on the reference path (attnlens.use_backend('reference')) meanwhile")
+    query, key, value, out, lse, attn_mask, key_padding_mask, seed = ctx.saved_tensors
+    scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32 = ctx.params
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    if weights_mode == _MODE_NONE:
+        grad_weights = None
+    grad_q, grad_k, grad_v = attention_backward_op(
+        query, key, value, out, lse, grad_out, grad_weights, attn_mask, key_padding_mask, seed,
+        scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32)
+    return grad_q, grad_k, grad_v, None, None, None, None, None, None, None, None, None
 
 
 attention_op.register_autograd(_backward, setup_context=_setup_context)
