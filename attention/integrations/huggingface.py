@@ -1,0 +1,285 @@
+"""Hugging Face transformers bridge: ``attn_implementation="attnlens"``.
+
+::
+
+    from attnlens.integrations import huggingface
+    name = huggingface.register()                    # "attnlens"
+    model = AutoModel.from_pretrained(model_id, attn_implementation=name)
+    out = model(**batch, output_attentions=True)     # out.attentions: exact weights, fused kernels
+
+``register()`` adds two functions to transformers' registries under the same name:
+
+- ``attention_forward`` in ``AttentionInterface``: what every attention layer calls. It runs
+  ``attnlens.scaled_dot_product_attention`` and returns the weights only when the forward call
+  asked for them (``output_attentions=True``), so ordinary calls stay on the weight-free path.
+- ``attention_mask`` in ``AttentionMaskInterface``: builds the mask a model
+  hands to its layers. Without an entry there transformers builds no mask at all for a custom
+  implementation, and padding and causality would be silently lost. It builds exactly the boolean
+  mask transformers builds for ``"sdpa"`` (True = attend, or None when ``is_causal`` suffices), and
+  for the two common patterns (padding only; causal plus padding) also notes that pattern on the
+  mask, so the layers pass ``key_padding_mask`` and ``is_causal`` to the kernels, which then skip
+  key blocks that are wholly masked instead of reading a dense mask for every block.
+
+Needs transformers >= 4.53, the first version that builds every model's masks through
+``AttentionMaskInterface``. transformers >= 5 is where it is complete: there encoders (BERT) use
+``AttentionInterface`` too, every model's ``output_attentions`` reaches the kernels (4.x GPT-2 never
+tells the attention function), and the padded-causal pattern is recognised (4.x passes a cache
+position tensor instead of offsets, so those masks are read densely: correct, without block skipping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+import torch
+
+from attnlens.functional import scaled_dot_product_attention
+
+try:
+    from transformers import AttentionInterface
+
+    # transformers >= 4.53 builds every model's masks through this registry; before it, each model
+    # built its own, with model-specific conventions (GPT-2's eager code added causality itself,
+    # so a custom implementation silently lost it).
+    from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
+except ImportError as _exc:  # transformers missing, or older than 4.53
+    raise ImportError(
+        "attnlens.integrations.huggingface needs transformers >= 4.53 (AttentionInterface and "
+        "AttentionMaskInterface); install it with: pip install 'attnlens[hf]'") from _exc
+
+try:  # transformers >= 5 (encoders build their masks through the registry too)
+    from transformers.masking_utils import bidirectional_mask_function
+except ImportError:
+    bidirectional_mask_function = None
+
+try:  # transformers >= 5: the hooks that fill outputs.attentions read this context variable
+    from transformers.utils.output_capturing import _active_collector
+except ImportError:
+    _active_collector = None
+
+__all__ = ["NAME", "register", "attention_forward", "attention_mask"]
+
+NAME = "attnlens"
+
+# The attribute under which ``attention_mask`` notes the mask's pattern on the mask tensor itself.
+# It lives and dies with that tensor: any new tensor derived from it (a slice, a copy, a mask the
+# model edits) carries no note and is used densely, which is always correct.
+_LAYOUT_ATTRIBUTE = "_attnlens_layout"
+
+
+@dataclasses.dataclass(frozen=True)
+class _MaskLayout:
+    """A boolean ``[B, 1, Nq, Nk]`` mask that equals ``causal(alignment) & ~key_padding_mask``.
+
+    ``key_padding_mask`` is bool ``[B, Nk]``, True = padding; ``is_causal`` False means the mask
+    is the key padding alone (every query row the same).
+    """
+
+    key_padding_mask: torch.Tensor
+    is_causal: bool
+    causal_alignment: str
+    seqlen_q: int
+    seqlen_k: int
+
+
+def _compiling() -> bool:
+    # Dynamo cannot be relied on to keep Python attributes set on tensors made inside a graph;
+    # compiled models use the dense mask, which is equally correct.
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_MaskLayout]:
+    """The pattern of a mask that ``sdpa_mask`` just built from ``mask_kwargs``, or None when it is
+    not one the kernels can take without the dense mask."""
+    if mask.dim() != 4 or mask.dtype != torch.bool or mask.shape[1] != 1:
+        return None
+    seqlen_q, seqlen_k = mask.shape[2], mask.shape[3]
+    if seqlen_q == 0:
+        return None
+    mask_function = mask_kwargs.get("mask_function")
+    if mask_function is None:
+        return None
+    if bidirectional_mask_function is not None and mask_function is bidirectional_mask_function:
+        # Padding only: every query row is the same row of kept keys.
+        return _MaskLayout(~mask[:, 0, 0, :], False, "top_left", seqlen_q, seqlen_k)
+    if mask_function is causal_mask_function:
+        # transformers >= 5 names the positions of the first query and key; older versions pass a
+        # cache_position tensor instead, which would need a device sync to read.
+        q_offset, kv_offset = mask_kwargs.get("q_offset"), mask_kwargs.get("kv_offset", 0)
+        if not isinstance(q_offset, int) or not isinstance(kv_offset, int):
+            return None
+        offset = q_offset - kv_offset  # key j is visible to query i iff j <= i + offset
+        if offset == 0:
+            alignment = "top_left"
+        elif offset == seqlen_k - seqlen_q:
+            alignment = "bottom_right"
+        else:  # e.g. a static cache longer than what has been seen: keep the dense mask
+            return None
+        # The last query sees every key that any query sees (causality only grows with i), so
+        # its row is exactly the keys padding leaves; causal & that row rebuilds the whole mask.
+        return _MaskLayout(~mask[:, 0, -1, :], True, alignment, seqlen_q, seqlen_k)
+    return None  # sliding windows, chunks, packed sequences, custom overlays: dense
+
+
+def attention_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
+    """The mask function registered in ``AttentionMaskInterface``.
+
+    Takes whatever transformers passes to a mask function and returns what ``sdpa_mask`` returns
+    for it: bool ``[B, 1, Nq, Nk]``, True = attend, or None when the layers can rely on
+    ``is_causal`` (no padding) or need no mask at all. Sliding windows, chunked attention and
+    packed sequences are therefore in the mask, as for ``"sdpa"``. For padding-only and
+    causal-plus-padding masks the pattern is also noted on the returned tensor so that
+    ``attention_forward`` can hand the kernels ``key_padding_mask``/``is_causal`` instead.
+    """
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None or args or _compiling():
+        return mask
+    layout = _layout_of_new_mask(mask, kwargs)
+    if layout is not None:
+        setattr(mask, _LAYOUT_ATTRIBUTE, layout)
+    return mask
+
+
+def _unsupported(module: torch.nn.Module, kwargs: dict) -> None:
+    """Raise for the features of eager attention that attnlens does not compute, rather than
+    quietly returning something else."""
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError(
+            f"attn_implementation={NAME!r} does not support logit soft-capping (softcap="
+            f"{kwargs['softcap']}); use attn_implementation='eager' for this model")
+    sinks = kwargs.get("s_aux", kwargs.get("sinks"))
+    if sinks is not None or isinstance(getattr(module, "sinks", None), torch.Tensor):
+        raise NotImplementedError(
+            f"attn_implementation={NAME!r} does not support attention sinks; use "
+            f"attn_implementation='eager' for this model")
+    if kwargs.get("head_mask") is not None:
+        raise NotImplementedError(f"attn_implementation={NAME!r} does not support head_mask; use "
+                                  f"attn_implementation='eager' to mask heads")
+    if kwargs.get("cache") is not None:
+        raise NotImplementedError(
+            f"attn_implementation={NAME!r} does not support continuous batching (a paged cache); "
+            f"use model.generate without it, or attn_implementation='sdpa' for serving")
+
+
+def _weights_requested(kwargs: dict) -> bool:
+    """Whether this forward call wants attention weights.
+
+    transformers >= 5 records ``outputs.attentions`` with forward hooks on the attention modules
+    and does not always forward ``output_attentions`` to the attention function (GPT-2 drops it),
+    so the active recorder is asked as well; older versions pass ``output_attentions`` down.
+    """
+    if kwargs.get("output_attentions"):
+        return True
+    if _active_collector is None:
+        return False
+    recording = _active_collector.get()
+    return bool(recording) and any(str(key).endswith("attentions") for key in recording)
+
+
+def _resolve_mask(mask: Optional[torch.Tensor], causal: bool, batch: int, seqlen_q: int, seqlen_k: int
+                  ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, str]:
+    """``(attn_mask, key_padding_mask, is_causal, causal_alignment)`` for the kernels, from the
+    mask a model passes its attention layers and the layer's causality."""
+    if mask is None:
+        # As "sdpa": with no mask, a causal layer is top-left causal (a prefill, or a static cache
+        # whose unwritten tail only the top-left alignment hides), and one query (decoding) sees
+        # every key it was given.
+        return None, None, causal and seqlen_q > 1, "top_left"
+    layout = None if _compiling() else getattr(mask, _LAYOUT_ATTRIBUTE, None)
+    if layout is not None and (layout.seqlen_q, layout.seqlen_k) == (seqlen_q, seqlen_k):
+        return None, layout.key_padding_mask, layout.is_causal, layout.causal_alignment
+    if (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[-1] == seqlen_k
+            and (mask.shape[1] == 1 or mask.stride(1) == 0)
+            and (mask.shape[2] == 1 or mask.stride(2) == 0)):
+        # The same row for every query and head (single-query decoding, or a broadcast padding
+        # mask): that row is a key padding mask, which lets the kernels skip padded key blocks.
+        keep = mask[:, 0, 0, :]
+        return None, ~keep.expand(batch, seqlen_k), False, "top_left"
+    return mask, None, False, "top_left"
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    is_causal: Optional[bool] = None,
+    **kwargs: Any,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The attention function registered in ``AttentionInterface``.
+
+    Arguments as transformers passes them to every attention function: ``query``
+    ``[B, Hq, Nq, D]``, ``key``/``value`` ``[B, Hkv, Nk, D]`` (Hq a multiple of Hkv: grouped-query
+    attention runs without repeating keys), ``attention_mask`` None, bool (True = attend) or float
+    (added to the scores) broadcastable to ``[B, Hq, Nq, Nk]``, ``dropout`` (applied only while
+    ``module.training``), ``scaling`` (None: ``1/sqrt(D)``), ``is_causal`` (None: ``module.is_causal``,
+    default True; used, as by "sdpa", only when there is no mask, since a mask already carries
+    causality). ``position_bias`` (T5-style relative bias) is added to the scores. ``sliding_window``
+    is applied through the mask transformers builds.
+
+    Returns ``(attn_output [B, Nq, Hq, Dv], attn_weights [B, Hq, Nq, Nk] or None)``: weights only when
+    the call asked for them (``output_attentions=True``). A query row with nothing to attend to gives
+    output 0 and weights 0 (eager gives a uniform row there).
+
+    Raises ``NotImplementedError`` for soft-capping, attention sinks, head masks and paged caches.
+    """
+    _unsupported(module, kwargs)
+    batch, heads_q, seqlen_q, _ = query.shape
+    seqlen_k = key.shape[2]
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", True))
+    attn_mask, key_padding_mask, causal, alignment = _resolve_mask(attention_mask, causal, batch, seqlen_q,
+                                                                   seqlen_k)
+
+    sliding_window = kwargs.get("sliding_window")
+    if sliding_window is not None and attention_mask is None and causal and seqlen_k > sliding_window:
+        # Only a mask carries the window; without one the result would silently be full attention.
+        raise NotImplementedError(
+            f"sliding_window={sliding_window} reached attn_implementation={NAME!r} without an attention "
+            f"mask for {seqlen_k} keys; attnlens applies sliding windows through the mask transformers "
+            f"builds (call attnlens.integrations.huggingface.register() before the model runs)")
+
+    position_bias = kwargs.get("position_bias")
+    if position_bias is not None:
+        if attn_mask is None:
+            attn_mask = position_bias
+        elif attn_mask.dtype == torch.bool:
+            attn_mask = torch.where(attn_mask, position_bias, float("-inf"))
+        else:
+            attn_mask = position_bias + attn_mask
+        if attn_mask.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                f"attn_implementation={NAME!r} computes no gradient for position_bias (a learned "
+                f"relative bias); train this model with attn_implementation='eager', or run it "
+                f"under torch.no_grad()")
+
+    training = getattr(module, "training", True)
+    return_weights = _weights_requested(kwargs)
+    result = scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask,
+        dropout_p=float(dropout) if training else 0.0,
+        is_causal=causal, scale=scaling, enable_gqa=heads_q != key.shape[1],
+        key_padding_mask=key_padding_mask, causal_alignment=alignment,
+        return_weights=return_weights)
+    out, weights = result if return_weights else (result, None)
+    # transformers expects [B, Nq, H, Dv]; the kernels write the output in the query's layout, which
+    # for a model's transposed projections makes this transpose contiguous already (no copy).
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def register() -> str:
+    """Make ``attn_implementation="attnlens"`` available to every transformers model that uses
+    ``AttentionInterface``; returns that name. Calling it again changes nothing.
+
+    Registers ``attention_forward`` and ``attention_mask`` (so padding and causal masks reach the
+    kernels) in transformers' global registries, which every model consults at call time: models
+    loaded before ``register()`` can switch with ``model.set_attn_implementation("attnlens")``.
+    """
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, attention_mask)
+    return NAME
+
