@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m attnlens demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench --benchmark-only

@@ -36,12 +36,12 @@ setup(
         # Triton ships Linux wheels only; elsewhere attnlens runs its PyTorch reference path.
         "triton>=3.0; platform_system == 'Linux'",
         "numpy",
-        "matplotlib",
+        "matplotlib>=3.5",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm"],
         "demo": ["tqdm"],
-        "hf": ["transformers>=4.48"],
+        "hf": ["transformers>=4.53"],
         "dev": ["ruff", "pandas"],
     },
     entry_points={"console_scripts": ["attnlens=attnlens.__main__:main"]},

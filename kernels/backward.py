@@ -559,7 +559,8 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
         dw_strides = (dw.stride(0), 0, dw.stride(1), dw.stride(2)) if weights_mean else dw.stride()
     else:
         dw, dw_strides = q, (0, 0, 0, 0)
-    common_flags = dict(HAS_DW=has_dw, DW_MEAN=has_dw and weights_mean, IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind,
+    common_flags = dict(HAS_DW=has_dw, DW_MEAN=has_dw and weights_mean, IS_CAUSAL=problem.is_causal,
+                        MASK_KIND=mask_kind,
                         HAS_PADDING=has_padding, HAS_DROPOUT=has_dropout, EVEN_DQK=head_dim == block_dqk,
                         EVEN_DV=head_dim_v == block_dv, USE_FP64=use_fp64,
                         DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
