@@ -56,3 +56,25 @@ def test_matrix_instructions(coverage_results):
             assert r.mma.get(expected, 0) > 0, f"{v.kernel} sm_{v.arch} {v.dtype}: {r.mma}"
         if v.dtype == "fp64" and v.kernel != "backward_preprocess":
             assert r.mma.get("DMMA", 0) > 0, f"{v.kernel} sm_{v.arch} fp64: {r.mma}"
+
+
+@pytest.fixture(scope="module")
+def default_sm90_results():
+    return report.compile_all(report.default_variants(archs=(90,)), jobs=2)
+
+
+def test_default_sm90_configs_do_not_spill(default_sm90_results):
+    """The shipped Hopper launch configurations (kernels/config.py's sm90 entries, every kernel,
+    16-bit dtypes at head dims 64/128/256, fp32 and fp64 at 64, flags of the commonest call) keep
+    everything in registers: no local memory, which is where ptxas puts spilled registers."""
+    variants = [r.variant for r in default_sm90_results]
+    assert {v.kernel for v in variants} == set(report.KERNEL_FUNCTIONS)
+    assert {(v.dtype, v.head_dim) for v in variants} >= {("fp16", 64), ("fp16", 128), ("bf16", 64), ("bf16", 128)}
+    failures = [f"{r.variant.kernel} {r.variant.dtype} d={r.variant.head_dim}: {r.error}"
+                for r in default_sm90_results if r.error]
+    assert not failures, "\n\n".join(failures)
+    assert all(r.registers > 0 for r in default_sm90_results)  # the cubin was read, not defaulted
+    spilled = [f"{r.variant.kernel} {r.variant.dtype} d={r.variant.head_dim} {r.variant.config}: "
+               f"{r.registers} registers, {r.local_bytes} bytes of local memory"
+               for r in default_sm90_results if r.spills]
+    assert not spilled, "\n".join(spilled)
