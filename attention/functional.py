@@ -9,7 +9,6 @@ same semantics. ``use_backend`` forces a path.
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from typing import Iterator, Optional, Tuple, Union
 
@@ -19,24 +18,30 @@ from attnlens._inputs import Prepared, ReturnWeights, prepare
 from attnlens.reference import attention as _reference_attention
 from attnlens.reference import format_result
 
-__all__ = ["scaled_dot_product_attention", "use_backend", "kernels_available", "selected_backend"]
+__all__ = ["scaled_dot_product_attention", "dropout_mask", "use_backend", "kernels_available", "selected_backend"]
 
 BACKENDS = ("auto", "kernels", "reference")
 _state = threading.local()
 _kernel_import_error: Optional[BaseException] = None
+_NOT_IMPORTED = object()
+_ops_cache: object = _NOT_IMPORTED
 
 
-@functools.lru_cache(maxsize=None)
 def _ops_module():
     """The custom ops, imported on first use so that ``import attnlens`` does not import triton
-    (and a program can still set TRITON_INTERPRET before it does). None without triton."""
-    global _kernel_import_error
-    try:
-        from attnlens import _ops
-    except ImportError as exc:  # triton missing (macOS, Windows): the reference path still works
-        _kernel_import_error = exc
-        return None
-    return _ops
+    (and a program can still set TRITON_INTERPRET before it does). None without triton.
+
+    Cached in a module global rather than with ``functools.lru_cache``: torch.compile warns about
+    every lru_cache-wrapped call it traces, and a global is a plain read."""
+    global _kernel_import_error, _ops_cache
+    if _ops_cache is _NOT_IMPORTED:
+        try:
+            from attnlens import _ops
+        except ImportError as exc:  # triton missing (macOS, Windows): the reference path still works
+            _kernel_import_error = exc
+            _ops = None
+        _ops_cache = _ops
+    return _ops_cache
 
 
 def kernels_available(device: torch.device) -> bool:
@@ -97,6 +102,36 @@ def _draw_seed(device: torch.device) -> torch.Tensor:
     return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
 
 
+def dropout_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """The dropout pattern a ``scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)``
+    call makes when it starts from torch's random generator in its current state.
+
+    Returns bool ``[B, Hq, Nq, Nk]`` (``[Hq, Nq, Nk]`` for 3-D inputs), True = kept. It draws from
+    the generator exactly what the attention call draws (nothing when ``dropout_p == 0``), on the
+    path the call would take (``selected_backend``), so restoring the state reproduces the mask::
+
+        torch.manual_seed(0)
+        out, weights = attnlens.scaled_dot_product_attention(q, k, v, dropout_p=0.1, return_weights=True)
+        torch.manual_seed(0)
+        keep = attnlens.dropout_mask(q, k, 0.1)   # weights == 0 wherever keep is False
+
+    ``attnlens.reference.scaled_dot_product_attention(..., dropout_mask=keep)`` then recomputes
+    that call in plain PyTorch.
+    """
+    p = prepare(query, key, key, dropout_p=dropout_p, enable_gqa=True)
+    batch, heads_q, seqlen_q, seqlen_k = p.shape
+    device = p.query.device
+    if p.dropout_p == 0.0:
+        keep = torch.ones((batch, heads_q, seqlen_q, seqlen_k), dtype=torch.bool, device=device)
+    elif selected_backend(device) == "kernels":
+        from attnlens.kernels.forward import dropout_keep_mask
+        keep = dropout_keep_mask(_draw_seed(device), batch, heads_q, seqlen_q, seqlen_k, p.dropout_p)
+    else:  # the reference's draw (attnlens.reference.attention)
+        draw = torch.rand((batch, heads_q, seqlen_q, seqlen_k), device=device, dtype=torch.float32)
+        keep = draw >= p.dropout_p
+    return keep.squeeze(0) if p.unbatched else keep
+
+
 def _kernel_attention(p: Prepared) -> Tuple[torch.Tensor, torch.Tensor]:
     seed = _draw_seed(p.query.device) if p.dropout_p > 0.0 else None
     allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
@@ -130,7 +165,7 @@ def scaled_dot_product_attention(
       convention).
     - ``dropout_p``: probability of dropping an attention probability (apply it in training only,
       as with torch); the returned weights are the ones after dropout. Seeded from torch's
-      generator, so ``torch.manual_seed`` reproduces it.
+      generator, so ``torch.manual_seed`` reproduces it; ``attnlens.dropout_mask`` gives the pattern.
     - ``scale``: defaults to ``1 / sqrt(D)``.
     - ``return_weights``: ``False`` returns ``out``; ``True`` returns ``(out, weights)`` with
       weights ``[B, Hq, Nq, Nk]`` in the input dtype; ``"mean"`` returns ``(out, weights)`` averaged

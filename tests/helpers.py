@@ -113,3 +113,77 @@ def reference(q, k, v, dtype=None, **kwargs):
 
 def sdpa(*args, **kwargs):
     return attnlens.scaled_dot_product_attention(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def _outputs_and_grads(result, grad_out, grad_weights):
+    """The (outputs, their incoming gradients) of a call: ``out`` alone unless a weights gradient is given."""
+    if isinstance(result, tuple):
+        out, weights = result
+    else:
+        out, weights = result, None
+    if grad_weights is None:
+        return (out,), (grad_out,)
+    return (out, weights), (grad_out, grad_weights)
+
+
+def kernel_grads(q, k, v, grad_out, grad_weights=None, **kwargs):
+    """``(dq, dk, dv)`` of ``attnlens.scaled_dot_product_attention`` on the kernel path, for the loss
+    ``sum(out * grad_out) + sum(weights * grad_weights)`` (the weights term when ``grad_weights`` is
+    given; pass ``return_weights`` then). q, k and v keep their strides."""
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    with attnlens.use_backend("kernels"):
+        result = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
+    outputs, grads = _outputs_and_grads(result, grad_out, grad_weights)
+    return torch.autograd.grad(outputs, (q, k, v), grads)
+
+
+def reference_grads(q, k, v, grad_out, grad_weights=None, dtype=None, dropout_mask=None, **kwargs):
+    """``(dq, dk, dv)`` of the reference for the same loss as ``kernel_grads``, computed in
+    ``dtype`` (float64 for the exact oracle, the input dtype for the 'same maths' one)."""
+    dtype = dtype or q.dtype
+
+    def cast(t):
+        if t is None or not torch.is_tensor(t) or not t.is_floating_point():
+            return t
+        return t.detach().to(dtype)
+    leaves = tuple(cast(t).requires_grad_(True) for t in (q, k, v))
+    kwargs = {key: cast(val) for key, val in kwargs.items()}
+    p = prepare(*leaves, **kwargs)
+    out, weights, _ = reference_attention(p, dropout_mask)
+    if p.weights_mode == 2:
+        weights = weights.mean(1)
+    result = (out, weights) if p.weights_mode else out
+    if p.unbatched:
+        result = tuple(t.squeeze(0) for t in result) if p.weights_mode else out.squeeze(0)
+    outputs, grads = _outputs_and_grads(result, cast(grad_out), cast(grad_weights))
+    return torch.autograd.grad(outputs, leaves, grads)
+
+
+def check_grads(q, k, v, grad_out=None, grad_weights=None, factor: float = 3.0, **kwargs):
+    """Kernel gradients against a float64 reference with flash-attn's rule (``factor`` x the error
+    of the reference computed in the input dtype, plus the floor). Random incoming gradients
+    unless given; ``grad_weights=True`` draws one for the returned weights. Returns the kernel's
+    ``(dq, dk, dv)``."""
+    batch, heads_q, seqlen_q, seqlen_k = prepare(q, k, v, **kwargs).shape
+    if grad_out is None:
+        grad_out = torch.randn(batch, heads_q, seqlen_q, v.shape[-1], dtype=q.dtype, device=q.device)
+        if q.dim() == 3:
+            grad_out = grad_out[0]
+    if grad_weights is True:
+        mean = kwargs.get("return_weights") == "mean"
+        shape = (batch, seqlen_q, seqlen_k) if mean else (batch, heads_q, seqlen_q, seqlen_k)
+        grad_weights = torch.randn(shape, dtype=q.dtype, device=q.device)
+        if q.dim() == 3:
+            grad_weights = grad_weights[0]
+    grads = kernel_grads(q, k, v, grad_out, grad_weights, **kwargs)
+    exact = reference_grads(q, k, v, grad_out, grad_weights, torch.float64, **kwargs)
+    lowp = reference_grads(q, k, v, grad_out, grad_weights, q.dtype, **kwargs)
+    for name, got, ex, lo in zip(("dq", "dk", "dv"), grads, exact, lowp):
+        assert torch.isfinite(got).all(), f"{name} is not finite"
+        assert_rule(name, got, ex, lo, factor=factor)
+    return grads

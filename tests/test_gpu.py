@@ -3,6 +3,7 @@
 - bf16: the Triton interpreter multiplies bf16 bit patterns in ``tl.dot`` (triton issues
   11584/11585), so bf16 correctness is only observable on a GPU.
 - Offsets past 2**31 elements: tensors of several GiB.
+- Determinism of the backward under real concurrency (many programs in flight at once).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import attnlens
-from helpers import assert_rule, make_qkv, reference
+from helpers import assert_rule, check_grads, kernel_grads, make_qkv, reference, reference_grads
 
 pytestmark = pytest.mark.gpu
 
@@ -63,3 +64,74 @@ def test_inputs_past_two_to_the_31_elements():
     exact = reference(q[last], k[last], v[last], torch.float64, is_causal=True)
     lowp = reference(q[last], k[last], v[last], torch.float16, is_causal=True)
     assert_rule("out (last batch)", out[last], exact[0], lowp[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _padding(batch, seqlen_k, device):
+    pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=device)
+    pad[-1, seqlen_k // 2:] = True
+    return pad
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(1, 1), (17, 17), (113, 203), (203, 113), (1, 147), (1023, 1025)])
+@pytest.mark.parametrize("head_dim", [16, 40, 59, 64, 111, 128, 256])
+def test_bf16_gradients(seqlen_q, seqlen_k, head_dim):
+    """bf16 dQ, dK, dV against a float64 reference, 3x the bf16 reference's error + floor."""
+    q, k, v = make_qkv(2, 3, seqlen_q, seqlen_k, head_dim, torch.bfloat16)
+    check_grads(q, k, v)
+    check_grads(q, k, v, grad_weights=True, return_weights=True, is_causal=True, causal_alignment="bottom_right",
+                key_padding_mask=_padding(2, seqlen_k, q.device))
+
+
+def test_bf16_gradients_gqa_masks_mean_weights():
+    q, k, v = make_qkv(2, 8, 300, 301, 64, torch.bfloat16, heads_kv=1)
+    mask = torch.rand(2, 1, 300, 301, device=q.device) > 0.2
+    check_grads(q, k, v, grad_weights=True, return_weights="mean", enable_gqa=True, attn_mask=mask, is_causal=True)
+    bias = torch.randn(300, 301, device=q.device, dtype=torch.bfloat16)
+    check_grads(q, k, v, grad_weights=True, return_weights=True, enable_gqa=True, attn_mask=bias)
+
+
+def test_bf16_dropout_gradients():
+    """Dropout in bf16 against the float64 reference given the same mask (``attnlens.dropout_mask``)."""
+    q, k, v = make_qkv(2, 4, 257, 200, 64, torch.bfloat16, heads_kv=2)
+    kwargs = dict(dropout_p=0.2, enable_gqa=True, is_causal=True, return_weights=True)
+    grad_out = torch.randn_like(q)
+    grad_weights = torch.randn(2, 4, 257, 200, device=q.device, dtype=torch.bfloat16)
+    torch.manual_seed(5)
+    grads = kernel_grads(q, k, v, grad_out, grad_weights, **kwargs)
+    torch.manual_seed(5)
+    keep = attnlens.dropout_mask(q, k, 0.2)
+    exact = reference_grads(q, k, v, grad_out, grad_weights, torch.float64, dropout_mask=keep, **kwargs)
+    lowp = reference_grads(q, k, v, grad_out, grad_weights, torch.bfloat16, dropout_mask=keep, **kwargs)
+    for name, got, ex, lo in zip(("dq", "dk", "dv"), grads, exact, lowp):
+        assert_rule(name, got, ex, lo, factor=3.0)
+
+
+def _repeated_grads(dtype, shape, repeats, dropout_p=0.0):
+    """Gradients of ``repeats`` identical runs (same seed when there is dropout)."""
+    batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim = shape
+    q, k, v = make_qkv(batch, heads_q, seqlen_q, seqlen_k, head_dim, dtype, heads_kv=heads_kv)
+    grad_out = torch.randn_like(q)
+    grad_weights = torch.randn(batch, seqlen_q, seqlen_k, device=q.device, dtype=dtype)
+    kwargs = dict(enable_gqa=True, is_causal=True, key_padding_mask=_padding(batch, seqlen_k, q.device),
+                  return_weights="mean", dropout_p=dropout_p)
+    runs = []
+    for _ in range(repeats):
+        torch.manual_seed(1)
+        runs.append(kernel_grads(q, k, v, grad_out, grad_weights, **kwargs))
+    return runs
+
+
+@pytest.mark.parametrize("dtype,dropout_p", [(torch.float16, 0.0), (torch.bfloat16, 0.0), (torch.float16, 0.1),
+                                             (torch.float32, 0.0)])
+def test_backward_deterministic_under_concurrency(dtype, dropout_p):
+    """Many heads and blocks in flight at once (GQA 8:1, so each dK/dV program sums 8 heads):
+    ten runs give bitwise-identical gradients."""
+    runs = _repeated_grads(dtype, (4, 16, 2, 1024, 1030, 64), 10, dropout_p)
+    for run in runs[1:]:
+        for name, a, b in zip(("dq", "dk", "dv"), run, runs[0]):
+            assert torch.equal(a, b), f"{name} differs between runs"
