@@ -7,6 +7,7 @@ See the README for the mask conventions, the modules and the visualisation tour.
 """
 
 from attnlens import reference
+from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
 from attnlens.data import (
     BOS_ID,
     EOS_ID,
@@ -19,12 +20,21 @@ from attnlens.data import (
     validate_dataset,
 )
 from attnlens.functional import (
+    dropout_mask,
     kernels_available,
     scaled_dot_product_attention,
     selected_backend,
     use_backend,
 )
 from attnlens.masks import Masks, causal_mask, create_masks, mask_future_tokens, padding_mask
+from attnlens.model import (
+    DecoderWeights,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+    TransformerModel,
+    build_transformer_model,
+)
+from attnlens.modules import MultiHeadAttention, MultiHeadSelfAttention, SelfAttention
 from attnlens.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -32,12 +42,24 @@ from attnlens.positional import (
     apply_rotary,
     sinusoidal_positional_encoding,
 )
+from attnlens.training import (
+    DEFAULT_TASK_CONFIG,
+    TaskData,
+    TrainingHistory,
+    evaluate_model,
+    generation_accuracy,
+    make_dataloaders,
+    train_model,
+    train_on_task,
+    warmup_schedule,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     # attention
+    "dropout_mask",
     "kernels_available",
     "reference",
     "scaled_dot_product_attention",
@@ -49,6 +71,10 @@ __all__ = [
     "create_masks",
     "mask_future_tokens",
     "padding_mask",
+    # modules
+    "MultiHeadAttention",
+    "MultiHeadSelfAttention",
+    "SelfAttention",
     # positional encodings
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
@@ -65,4 +91,22 @@ __all__ = [
     "SyntheticData",
     "generate_synthetic_data",
     "validate_dataset",
+    # model, training, capture
+    "DecoderWeights",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
+    "TransformerModel",
+    "build_transformer_model",
+    "DEFAULT_TASK_CONFIG",
+    "TaskData",
+    "TrainingHistory",
+    "evaluate_model",
+    "generation_accuracy",
+    "make_dataloaders",
+    "train_model",
+    "train_on_task",
+    "warmup_schedule",
+    "AttentionCapture",
+    "AttentionRecord",
+    "capture_attention",
 ]
