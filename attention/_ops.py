@@ -1,7 +1,8 @@
 """The kernels as torch custom ops with autograd, so eager mode and torch.compile share one path.
 
 ``attnlens::attention_forward`` returns ``(out, lse, weights)``; ``weights`` is empty unless asked
-for. With torch >= 2.6 and compiled kernels it is a ``torch.library.triton_op`` whose launches
+for; ``lse`` ``[B, Hq, Nq, 2]`` holds each row's max and log row sum (``attention_forward``), which
+the backward op takes back. With torch >= 2.6 and compiled kernels it is a ``torch.library.triton_op`` whose launches
 go through ``wrap_triton``, so torch.compile sees the Triton kernels themselves. Under the
 interpreter (or torch < 2.6) it is an opaque ``torch.library.custom_op`` with a fake
 implementation; torch.compile traces around it without graph breaks either way.
@@ -60,7 +61,7 @@ def _forward_fake(query, key, value, attn_mask, key_padding_mask, seed, scale, d
     seqlen_k, head_dim_v = key.shape[2], value.shape[3]
     out = _like_query_layout(query, (batch, heads_q, seqlen_q, head_dim_v))
     lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-    lse = query.new_empty((batch, heads_q, seqlen_q), dtype=lse_dtype)
+    lse = query.new_empty((batch, heads_q, seqlen_q, 2), dtype=lse_dtype)  # (row max, log row sum)
     if weights_mode == _MODE_NONE:
         weights = query.new_empty((0,))
     elif weights_mode == _MODE_MEAN:

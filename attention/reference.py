@@ -53,7 +53,12 @@ def attention(p: Prepared, dropout_mask: Optional[torch.Tensor] = None,
         v = v.repeat_interleave(group, dim=1)
     scores = torch.matmul(q, k.transpose(-2, -1)) * p.scale
     if p.attn_mask is not None and p.attn_mask.dtype != torch.bool:
-        scores = scores + p.attn_mask.to(scores.dtype)
+        bias = p.attn_mask
+        if torch.finfo(bias.dtype).min < torch.finfo(scores.dtype).min:
+            # A wider mask's very negative values (finfo(float32).min with fp16 inputs) are biases,
+            # not -inf: clamp them to the scores' dtype as the kernels do, rather than overflow.
+            bias = torch.where(torch.isneginf(bias), bias, bias.clamp(min=torch.finfo(scores.dtype).min))
+        scores = scores + bias.to(scores.dtype)
     allowed = allowed_mask(p)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))

@@ -1,5 +1,9 @@
 """Fused attention backward: dQ, dK, dV from the saved log-sum-exp, with no N x N buffer.
 
+The forward saves each row's log-sum-exp as two parts, the row max m and log(l) (``lse``
+``[B, Hq, Nq, 2]``, see ``attention_forward``); every kernel here rebuilds P = exp((s - m) - log(l)),
+exact whatever m (``tiles.probabilities``).
+
 Maths (P = softmax(S), Z = dropout keep / (1 - p), W = P * Z the returned weights, O = W V, and a
 loss that may also use W directly through dW):
 
@@ -45,9 +49,10 @@ from attnlens.kernels.launch import INTERPRETED, launchable
 from attnlens.kernels.tiles import (
     apply_masks,
     dropout_keep,
-    exponential,
+    load_row_stats,
     load_tile,
     matmul,
+    probabilities,
     scaled_scores,
     store_tile,
 )
@@ -116,7 +121,8 @@ def _bwd_preprocess_kernel(
 
     out_ptr, dout_ptr [B, Hq, Nq, Dv] any strides; delta_ptr [B, Hq, Nq] contiguous, written
     (fp32, fp64 for fp64). With HAS_DW: dw_ptr [B, Hq, Nq, Nk] (head stride 0 for the
-    head-mean weights' gradient) and q/k/lse/masks/seed as in the forward kernel, to rebuild W.
+    head-mean weights' gradient) and q/k/masks/seed as in the forward kernel and lse
+    [B, Hq, Nq, 2] (row max, log row sum) as the forward wrote it, to rebuild W.
     grid: (cdiv(Nq, BLOCK_M), Hq, B)
     """
     pid_m = tl.program_id(0)
@@ -153,12 +159,8 @@ def _bwd_preprocess_kernel(
         mask_base = mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head
         pad_base = pad_ptr + b64 * stride_pad_batch
         dw_base = dw_ptr + b64 * stride_dw_batch + h64 * stride_dw_head
-        lse_ptrs = lse_ptr + (b64 * num_heads_q + h64) * seqlen_q + offs_m
-        if EVEN_M:
-            lse = tl.load(lse_ptrs)
-        else:
-            lse = tl.load(lse_ptrs, mask=offs_m < seqlen_q, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        row_max, log_sum = load_row_stats(lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m,
+                                          seqlen_q, not EVEN_M)
         seed = 0
         if HAS_DROPOUT:
             seed = tl.load(seed_ptr)
@@ -176,7 +178,7 @@ def _bwd_preprocess_kernel(
             s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
                             pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
                             not EVEN_M, not EVEN_N, IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
-            w = exponential(s - lse[:, None], USE_FP64)
+            w = probabilities(s, row_max[:, None], log_sum[:, None], USE_FP64)
             if HAS_DROPOUT:
                 keep = dropout_keep(seed, rng_stream, offs_m[:, None], offs_n[None, :], dropout_p)
                 w = tl.where(keep, w * keep_scale, 0.0)
@@ -215,18 +217,16 @@ def _dkdv_query_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_b
         offs_m64 = offs_m.to(tl.int64)
         q_t_ptrs = q_base + offs_m64[None, :] * stride_q_seq + offs_d[:, None] * stride_q_dim
         q_t = load_tile(q_t_ptrs, offs_d[:, None], offs_m[None, :], head_dim, seqlen_q, not EVEN_DQK, BOUNDARY)
+        row_max, log_sum = load_row_stats(lse_base, offs_m, seqlen_q, BOUNDARY)
         if BOUNDARY:
-            lse = tl.load(lse_base + offs_m, mask=offs_m < seqlen_q, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=offs_m < seqlen_q, other=0.0)
         else:
-            lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
         s_t = scaled_scores(k, q_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
         s_t = apply_masks(s_t, offs_m[None, :], offs_n[:, None], mask_base, stride_mask_q, stride_mask_k,
                           pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
                           BOUNDARY, not EVEN_N, BOUNDARY and IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
-        p_t = exponential(s_t - lse[None, :], USE_FP64)
+        p_t = probabilities(s_t, row_max[None, :], log_sum[None, :], USE_FP64)
         do_ptrs = do_base + offs_m64[:, None] * stride_dout_seq + offs_dv[None, :] * stride_dout_dim
         do = load_tile(do_ptrs, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, BOUNDARY, not EVEN_DV)
         if HAS_DROPOUT:
@@ -271,7 +271,8 @@ def _bwd_dkdv_kernel(
     """dK and dV for BLOCK_N keys of one (batch, key/value head).
 
     q_ptr [B, Hq, Nq, Dqk], k_ptr [B, Hkv, Nk, Dqk], v_ptr [B, Hkv, Nk, Dv], dout_ptr
-    [B, Hq, Nq, Dv]: any strides. lse_ptr, delta_ptr [B, Hq, Nq] contiguous. dk_ptr, dv_ptr like
+    [B, Hq, Nq, Dv]: any strides. lse_ptr [B, Hq, Nq, 2] (row max, log row sum) and delta_ptr
+    [B, Hq, Nq] contiguous. dk_ptr, dv_ptr like
     k and v, written. dw_ptr as in the preprocess kernel. Masks and seed as in the forward.
     sm_scale: the softmax scale (natural units) for dK = sm_scale * dS^T Q; with fp64 inputs it
     arrives as its float32 head and qk_scale_lo carries the rest.
@@ -330,7 +331,7 @@ def _bwd_dkdv_kernel(
         h64 = tl.cast(off_h, tl.int64)
         q_base = q_ptr + b64 * stride_q_batch + h64 * stride_q_head
         do_base = dout_ptr + b64 * stride_dout_batch + h64 * stride_dout_head
-        lse_base = lse_ptr + (b64 * num_heads_q + h64) * seqlen_q
+        lse_base = lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2
         delta_base = delta_ptr + (b64 * num_heads_q + h64) * seqlen_q
         mask_base = mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head
         dw_base = dw_ptr + b64 * stride_dw_batch + h64 * stride_dw_head
@@ -382,7 +383,7 @@ def _bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_key_loop(dq, q, do, lse, delta, k_base, v_base, mask_base, pad_base, dw_base, seed, rng_stream,
+def _dq_key_loop(dq, q, do, row_max, log_sum, delta, k_base, v_base, mask_base, pad_base, dw_base, seed, rng_stream,
                  offs_m, offs_d, offs_dv, lo, hi,
                  stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim,
                  stride_mask_q, stride_mask_k, stride_pad_k, stride_dw_q, stride_dw_k,
@@ -393,7 +394,8 @@ def _dq_key_loop(dq, q, do, lse, delta, k_base, v_base, mask_base, pad_base, dw_
                  EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_DQK: tl.constexpr,
                  EVEN_DV: tl.constexpr, USE_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  BLOCK_N: tl.constexpr):
-    """Accumulate dQ of one query block over key blocks [lo, hi); BOUNDARY as in the forward."""
+    """Accumulate dQ of one query block over key blocks [lo, hi); BOUNDARY as in the forward.
+    row_max, log_sum: the block's rows' statistics as ``load_row_stats`` returns them."""
     CHECK_N: tl.constexpr = BOUNDARY and not EVEN_N
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -406,7 +408,7 @@ def _dq_key_loop(dq, q, do, lse, delta, k_base, v_base, mask_base, pad_base, dw_
         s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
                         pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
                         not EVEN_M, CHECK_N, BOUNDARY and IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
-        p = exponential(s - lse[:, None], USE_FP64)
+        p = probabilities(s, row_max[:, None], log_sum[:, None], USE_FP64)
         dp = matmul(do, tl.trans(v), USE_FP64, DOT_PRECISION)
         if HAS_DW:
             dw_ptrs = dw_base + offs_m.to(tl.int64)[:, None] * stride_dw_q + offs_n64[None, :] * stride_dw_k
@@ -461,15 +463,13 @@ def _bwd_dq_kernel(
         + offs_dv[None, :] * stride_dout_dim
     q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
     do = load_tile(do_ptrs, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, not EVEN_M, not EVEN_DV)
-    lse_ptrs = lse_ptr + (b64 * num_heads_q + h64) * seqlen_q + offs_m
+    row_max, log_sum = load_row_stats(lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m,
+                                      seqlen_q, not EVEN_M)
     delta_ptrs = delta_ptr + (b64 * num_heads_q + h64) * seqlen_q + offs_m
     if EVEN_M:
-        lse = tl.load(lse_ptrs)
         delta = tl.load(delta_ptrs)
     else:
-        lse = tl.load(lse_ptrs, mask=offs_m < seqlen_q, other=float("inf"))
         delta = tl.load(delta_ptrs, mask=offs_m < seqlen_q, other=0.0)
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
 
     k_base = k_ptr + b64 * stride_k_batch + hkv64 * stride_k_head
     v_base = v_ptr + b64 * stride_v_batch + hkv64 * stride_v_head
@@ -488,15 +488,15 @@ def _bwd_dq_kernel(
 
     lo, full_end, hi = _key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
                                         IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
-    dq = _dq_key_loop(dq, q, do, lse, delta, k_base, v_base, mask_base, pad_base, dw_base, seed, rng_stream,
-                      offs_m, offs_d, offs_dv, lo, full_end,
+    dq = _dq_key_loop(dq, q, do, row_max, log_sum, delta, k_base, v_base, mask_base, pad_base, dw_base,
+                      seed, rng_stream, offs_m, offs_d, offs_dv, lo, full_end,
                       stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k,
                       stride_pad_k, stride_dw_q, stride_dw_k, seqlen_q, seqlen_k, head_dim, head_dim_v,
                       causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale, dw_scale,
                       False, HAS_DW, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_DROPOUT, EVEN_M, EVEN_N,
                       EVEN_DQK, EVEN_DV, USE_FP64, DOT_PRECISION, BLOCK_N)
-    dq = _dq_key_loop(dq, q, do, lse, delta, k_base, v_base, mask_base, pad_base, dw_base, seed, rng_stream,
-                      offs_m, offs_d, offs_dv, full_end, hi,
+    dq = _dq_key_loop(dq, q, do, row_max, log_sum, delta, k_base, v_base, mask_base, pad_base, dw_base,
+                      seed, rng_stream, offs_m, offs_d, offs_dv, full_end, hi,
                       stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k,
                       stride_pad_k, stride_dw_q, stride_dw_k, seqlen_q, seqlen_k, head_dim, head_dim_v,
                       causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale, dw_scale,
@@ -522,7 +522,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
                        configs: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of attention with respect to q, k and v.
 
-    ``out`` and ``lse`` are the forward's results for the same arguments; ``grad_out`` is dL/dout
+    ``out`` and ``lse`` (``[B, Hq, Nq, 2]``) are the forward's results for the same arguments; ``grad_out`` is dL/dout
     (any strides). ``grad_weights`` is dL/dweights when the returned weights take part in the loss:
     ``[B, Hq, Nq, Nk]``, or ``[B, Nq, Nk]`` with ``weights_mean=True``. ``configs`` maps kernel
     names ("backward_preprocess", "backward_dkdv", "backward_dq") to ``KernelConfig``s.
@@ -567,7 +567,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
                         BLOCK_DQK=block_dqk, BLOCK_DV=block_dv)
     group = heads_q // heads_kv
 
-    delta = torch.empty_like(lse)
+    delta = torch.empty(lse.shape[:-1], dtype=lse.dtype, device=lse.device)
     cfg = config("backward_preprocess")
     launchable(_bwd_preprocess_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
         out, grad_out, delta, q, k, lse, dw, mask, pad, kv_range, seed,

@@ -2,11 +2,12 @@
 
 ``attention_forward`` runs a FlashAttention-2-style forward: each program owns BLOCK_M query rows
 of one (batch, head), streams the keys and values BLOCK_N at a time, and keeps an fp32 running
-maximum and sum (online softmax). It writes the output and the per-row log-sum-exp.
+maximum and sum (online softmax). It writes the output and the per-row log-sum-exp, kept as its
+two parts: the row max m and log(l), the log of the row sum (see ``attention_forward``).
 
-``attention_weights`` turns that log-sum-exp into the exact probabilities without any score
+``attention_weights`` turns those statistics into the exact probabilities without any score
 buffer: each program recomputes one [BLOCK_M, BLOCK_N] score tile and writes
-``exp(s - lse)`` straight into the weights tensor. With ``mean=True`` the program loops over the
+``exp((s - m) - log(l))`` straight into the weights tensor. With ``mean=True`` the program loops over the
 heads itself and writes the head average once, so per-head weights never exist in memory.
 
 Launchers take validated, normalised arguments (``attnlens.functional`` does the checking):
@@ -35,9 +36,11 @@ from attnlens.kernels.tiles import (
     apply_masks,
     dropout_keep,
     exponential,
+    load_row_stats,
     load_tile,
     logarithm,
     matmul,
+    probabilities,
     scaled_scores,
     store_tile,
 )
@@ -136,8 +139,11 @@ def _check_grid(batch: int, heads: int) -> None:
 
 
 def lse_to_natural(lse: torch.Tensor) -> torch.Tensor:
-    """The kernels' saved log-sum-exp in natural log units (they keep base 2 below fp64)."""
-    return lse if lse.dtype == torch.float64 else lse * (1.0 / LOG2E)
+    """The kernels' saved row statistics ``[..., 2]`` (row max, log row sum; base 2 below fp64) as
+    one log-sum-exp ``[...]`` in natural log units and lse's dtype (-inf for empty rows). The sum
+    is formed in float64, so that only the final rounding is lost when |row max| is huge."""
+    total = lse[..., 0].to(torch.float64) + lse[..., 1].to(torch.float64)
+    return total if lse.dtype == torch.float64 else (total * (1.0 / LOG2E)).to(lse.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +214,8 @@ def _attn_fwd_kernel(
     k_ptr      [B, Hkv, Nk, Dqk]  any strides; query head h reads key head h // kv_group_size
     v_ptr      [B, Hkv, Nk, Dv]   any strides
     out_ptr    [B, Hq, Nq, Dv]    written, input dtype
-    lse_ptr    [B, Hq, Nq]        written, contiguous, fp32 in base 2 (fp64 in base e for fp64)
+    lse_ptr    [B, Hq, Nq, 2]     written, contiguous: row max m and log(l), fp32 in base 2 (fp64
+                                  in base e for fp64); see attention_forward
     mask_ptr   attn_mask viewed [B, Hq, Nq, Nk] (stride 0 where broadcast), uint8 or float
     pad_ptr    key_padding_mask [B, Nk] as uint8, nonzero = padding
     kv_range_ptr int32 [B, 2]: first and one-past-last unpadded key
@@ -281,18 +288,22 @@ def _attn_fwd_kernel(
         True, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_DROPOUT, EVEN_M, EVEN_N, EVEN_DQK, EVEN_DV,
         USE_FP64, DOT_PRECISION, BLOCK_N)
 
-    # A row with nothing to attend to has l = 0 and acc = 0: output 0 and lse = -inf.
+    # A row with nothing to attend to has l = 0 and acc = 0: output 0, m = -inf and log(l) = 0.
+    # m and log(l) are stored apart: in fp32, m + log(l) drops log(l) once |m| is large.
     empty = l_i == 0.0
-    lse = tl.where(empty, float("-inf"), m_i + logarithm(tl.where(empty, 1.0, l_i), USE_FP64))
+    row_max = tl.where(empty, float("-inf"), m_i)
+    log_sum = logarithm(tl.where(empty, 1.0, l_i), USE_FP64)
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
 
-    lse_ptrs = lse_ptr + (b64 * num_heads_q + h64) * seqlen_q + offs_m
+    lse_ptrs = lse_ptr + ((b64 * num_heads_q + h64) * seqlen_q + offs_m) * 2
     out_base = out_ptr + b64 * stride_out_batch + h64 * stride_out_head
     out_ptrs = out_base + offs_m.to(tl.int64)[:, None] * stride_out_seq + offs_dv[None, :] * stride_out_dim
     if not EVEN_M:
-        tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
+        tl.store(lse_ptrs, row_max, mask=offs_m < seqlen_q)
+        tl.store(lse_ptrs + 1, log_sum, mask=offs_m < seqlen_q)
     else:
-        tl.store(lse_ptrs, lse)
+        tl.store(lse_ptrs, row_max)
+        tl.store(lse_ptrs + 1, log_sum)
     store_tile(out_ptrs, out, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, not EVEN_M, not EVEN_DV)
 
 
@@ -311,20 +322,25 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Run the fused forward.
 
     Returns ``(out, lse)``: out ``[B, Hq, Nq, Dv]`` in the input dtype (laid out like q), lse
-    ``[B, Hq, Nq]`` contiguous, fp32 in base 2 (fp64 in base e for fp64 inputs; see
-    ``lse_to_natural``), -inf for rows with nothing to attend to.
+    ``[B, Hq, Nq, 2]`` contiguous, the row's log-sum-exp in two parts: ``lse[..., 0]`` = m, the
+    max of the row's scores, and ``lse[..., 1]`` = log(l), l = sum(exp(s - m)); fp32 in base 2
+    (fp64 in base e for fp64 inputs). The log-sum-exp is m + log(l) (``lse_to_natural`` gives it
+    in natural units); the kernels that recompute probabilities use exp((s - m) - log(l)), exact
+    whatever m, whereas a single fp32 m + log(l) loses log(l) once |m| is large (a row of -1e9
+    biases). Rows with nothing to attend to: m = -inf, log(l) = 0.
     """
     batch, heads_q, seqlen_q, head_dim = q.shape
     heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
     use_fp64 = q.dtype == torch.float64
     out = _like_query_layout(q, (batch, heads_q, seqlen_q, head_dim_v))
-    lse = torch.empty((batch, heads_q, seqlen_q), dtype=torch.float64 if use_fp64 else torch.float32,
+    lse = torch.empty((batch, heads_q, seqlen_q, 2), dtype=torch.float64 if use_fp64 else torch.float32,
                       device=q.device)
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     if seqlen_k == 0:
         out.zero_()
-        lse.fill_(float("-inf"))
+        lse[..., 0] = float("-inf")
+        lse[..., 1] = 0.0
         return out, lse
     _check_grid(batch, heads_q)
     cfg = config or get_config("forward", q.device, q.dtype, max(head_dim, head_dim_v), INTERPRETED)
@@ -371,10 +387,11 @@ def _attn_weights_kernel(
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
 ):
-    """Exact attention probabilities for one [BLOCK_M, BLOCK_N] tile, from the saved lse.
+    """Exact attention probabilities for one [BLOCK_M, BLOCK_N] tile, from the saved row
+    statistics: exp((s - m) - log(l)).
 
     q_ptr    [B, Hq, Nq, Dqk], k_ptr [B, Hkv, Nk, Dqk]   any strides
-    lse_ptr  [B, Hq, Nq] contiguous, as the forward wrote it
+    lse_ptr  [B, Hq, Nq, 2] contiguous (row max, log row sum), as the forward wrote it
     w_ptr    [B, Hq, Nq, Nk] written (HEAD_MEAN: [B, Nq, Nk], stride_w_head unused), input dtype
     mask_ptr, pad_ptr, kv_range_ptr, seed_ptr as in the forward kernel
     grid: (cdiv(Nq, BLOCK_M) * cdiv(Nk, BLOCK_N), 1 if HEAD_MEAN else Hq, B)
@@ -427,19 +444,15 @@ def _attn_weights_kernel(
                       + offs_n64[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim)
             q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
             k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, not EVEN_N)
-            lse_ptrs = lse_ptr + (b64 * num_heads_q + h64) * seqlen_q + offs_m
-            if EVEN_M:
-                lse = tl.load(lse_ptrs)
-            else:
-                lse = tl.load(lse_ptrs, mask=offs_m < seqlen_q, other=float("inf"))
-            # lse = -inf marks a row with nothing to attend to: exp(s - inf) = 0 gives it zeros.
-            lse = tl.where(lse == float("-inf"), float("inf"), lse)
+            # A row with nothing to attend to comes back with m = +inf: its probabilities are 0.
+            row_max, log_sum = load_row_stats(lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m,
+                                              seqlen_q, not EVEN_M)
             s = scaled_scores(q, k_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
             mask_base = mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head
             s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
                             pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
                             not EVEN_M, not EVEN_N, IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
-            p = exponential(s - lse[:, None], USE_FP64)
+            p = probabilities(s, row_max[:, None], log_sum[:, None], USE_FP64)
             if HAS_DROPOUT:
                 keep = dropout_keep(seed, off_b * num_heads_q + off_h, offs_m[:, None], offs_n[None, :], dropout_p)
                 p = tl.where(keep, p * keep_scale, 0.0)
@@ -456,7 +469,7 @@ def _attn_weights_kernel(
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, problem: AttentionProblem,
                       mean: bool = False, config: Optional[KernelConfig] = None) -> torch.Tensor:
-    """Exact attention probabilities from the forward's lse, in q's dtype.
+    """Exact attention probabilities from the forward's lse (``[B, Hq, Nq, 2]``), in q's dtype.
 
     Returns ``[B, Hq, Nq, Nk]``, or ``[B, Nq, Nk]`` (the average over query heads) when ``mean``.
     After dropout when ``problem.dropout_p > 0``, with the forward's seed.

@@ -23,6 +23,12 @@ LOG2E = 1.4426950408889634
 # Globals read inside @triton.jit must be tl.constexpr for the GPU compiler; the interpreter does
 # not enforce this (Triton 3.9), so the ahead-of-time compile test is what catches a plain float.
 LOG2E_CONSTEXPR = tl.constexpr(LOG2E)
+# The most negative finite additive-mask value an fp32 kernel keeps as it is: -fp32max / log2(e),
+# rounded to fp32 (-2.3586574e38). Below it, ``bias * log2(e)`` would overflow to -inf and turn a
+# row torch softmaxes (uniformly, for a row of torch.finfo(torch.float32).min) into an empty one;
+# apply_masks clamps finite biases here instead. Times log2(e) in fp32 it is -3.4028233e38, finite.
+MIN_FP32_BIAS = -3.4028234663852886e38 / LOG2E
+MIN_FP32_BIAS_CONSTEXPR = tl.constexpr(MIN_FP32_BIAS)
 
 MASK_NONE = 0
 MASK_BOOL = 1
@@ -126,6 +132,10 @@ def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base
         else:
             bias = mask_tile.to(s.dtype)
             if not USE_FP64:
+                # Clamp finite biases so that the change of base cannot overflow: -inf stays -inf
+                # (masked), torch.finfo(torch.float32).min stays a huge finite penalty, as in torch.
+                bias = tl.where((bias < MIN_FP32_BIAS_CONSTEXPR) & (bias != float("-inf")),
+                                MIN_FP32_BIAS_CONSTEXPR, bias)
                 bias = bias * LOG2E_CONSTEXPR
             s = s + bias
     if HAS_PADDING:
@@ -139,6 +149,36 @@ def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base
     if IS_CAUSAL:
         s = tl.where(cols <= rows + causal_offset, s, float("-inf"))
     return s
+
+
+@triton.jit
+def load_row_stats(stats_base, offs, seqlen, CHECK: tl.constexpr):
+    """Load the forward's per-row softmax statistics for rows ``offs`` (1-D) of one (batch, head).
+
+    ``stats_base`` points at row 0 of a ``[Nq, 2]`` contiguous block of the saved statistics
+    (``lse[b, h]``, see ``attnlens.kernels.forward.attention_forward``): ``[:, 0]`` = m, the row
+    max of the scores, ``[:, 1]`` = log(l), the log of the row sum of exp(s - m), both in the
+    exponent domain. Returns ``(row_max, log_sum)`` ready for ``probabilities``: a row with
+    nothing to attend to (m = -inf) and a row past ``seqlen`` (when CHECK) get m = +inf, which
+    makes every recomputed probability of the row exp(-inf) = 0.
+    """
+    ptrs = stats_base + offs.to(tl.int64) * 2
+    if CHECK:
+        row_max = tl.load(ptrs, mask=offs < seqlen, other=float("inf"))
+        log_sum = tl.load(ptrs + 1, mask=offs < seqlen, other=0.0)
+    else:
+        row_max = tl.load(ptrs)
+        log_sum = tl.load(ptrs + 1)
+    row_max = tl.where(row_max == float("-inf"), float("inf"), row_max)
+    return row_max, log_sum
+
+
+@triton.jit
+def probabilities(s, row_max, log_sum, USE_FP64: tl.constexpr):
+    """Softmax probabilities ``exp((s - m) - log(l))`` from scores and the row statistics
+    (broadcast to ``s``). Subtracting m first keeps them exact whatever the row max: m + log(l)
+    would lose log(l) entirely once |m| is large (a row of -1e9 biases, say), giving 1 per key."""
+    return exponential((s - row_max) - log_sum, USE_FP64)
 
 
 @triton.jit

@@ -338,6 +338,30 @@ def test_rows_with_nothing_to_attend_to_get_zero_gradients(case):
         assert (dk[rows] == 0).all() and (dv[rows] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weights_in_loss", [False, True])
+def test_huge_negative_bias_rows_get_the_softmax_gradients(dtype, weights_in_loss):
+    """Rows of -1e9 and of torch.finfo(float32).min biases are softmaxed as torch does (not
+    emptied), and their gradients come from probabilities recomputed exactly although the row
+    max is huge (saving m + log(l) in fp32 would make every recomputed weight 1)."""
+    q, k, v = make_qkv(2, 2, 20, 24, 8, dtype)
+    bias = randn(1, 1, 20, 24).to(dtype)
+    bias[..., 3, :] = -1e9
+    bias[..., 7, :] = torch.finfo(torch.float32).min
+    bias[..., 11, :] = -1e30
+    bias[..., 12, ::3] = torch.finfo(torch.float32).min
+    bias[..., 15, :] = float("-inf")
+    kwargs = dict(attn_mask=bias, return_weights=True)
+    with override_config(**SMALL_TILES):
+        dq, dk, dv = check_grads(q, k, v, grad_weights=True if weights_in_loss else None, **kwargs)
+        assert (dq[:, :, 15] == 0).all()
+        assert dq[:, :, [3, 7, 11]].abs().amax() > 0  # not treated as empty rows
+        with attnlens.use_backend("kernels"):
+            _, weights = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
+    assert (weights[:, :, 7] - 1 / 24).abs().max() < 1e-6
+    assert (weights[:, :, [3, 7, 11, 12]].sum(-1) - 1).abs().max() < 1e-5
+
+
 def test_zero_length_sequences():
     for seqlen_q, seqlen_k in [(0, 7), (7, 0)]:
         q, k, v = make_qkv(2, 2, seqlen_q, seqlen_k, 8, torch.float32)

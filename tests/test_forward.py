@@ -30,15 +30,16 @@ def run_kernels(q, k, v, **kwargs):
     return out, lse_to_natural(lse), weights, mean
 
 
-def check(q, k, v, **kwargs):
-    """Kernels vs float64 reference, with the input-dtype reference setting the tolerance."""
+def check(q, k, v, lse_rows=slice(None), **kwargs):
+    """Kernels vs float64 reference, with the input-dtype reference setting the tolerance.
+    ``lse_rows`` indexes the query rows whose log-sum-exp is compared (all by default)."""
     out, lse, weights, mean = run_kernels(q, k, v, **kwargs)
     exact = reference(q, k, v, torch.float64, **kwargs)
     lowp = reference(q, k, v, q.dtype, **kwargs)
     assert_rule("out", out, exact[0], lowp[0])
     assert_rule("weights", weights, exact[1], lowp[1])
     assert_rule("mean weights", mean, exact[1].mean(1), lowp[1].mean(1))
-    assert_rule("lse", lse, exact[2], lowp[2], dtype=q.dtype)
+    assert_rule("lse", lse[..., lse_rows], exact[2][..., lse_rows], lowp[2][..., lse_rows], dtype=q.dtype)
     assert torch.isfinite(out).all() and torch.isfinite(weights).all()
     return out, weights, mean
 
@@ -154,6 +155,39 @@ class TestRowsWithNothingToAttendTo:
         out, weights, mean = check(q, k, v, is_causal=True, causal_alignment="bottom_right")
         self._assert_empty_rows(out, weights, mean, slice(0, 15))
         assert (weights[:, :, 15:].float().sum(-1) - 1).abs().max() < 1e-2
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_huge_negative_biases_softmax_like_torch(self, dtype):
+        """Biases of -1e9 (``masked_fill(mask == 0, -1e9)``), -1e30 or torch.finfo(float32).min
+        (Hugging Face's masks) are scores like any other, as in torch: a row made only of them is
+        softmaxed (uniformly where they absorb the q.k differences), not emptied, and the weights
+        recomputed from the saved row statistics stay exact although |row max| is huge. Only -inf
+        masks a key."""
+        q, k, v = make_qkv(1, 2, 7, 21, 16, dtype)
+        bias = torch.zeros(1, 1, 7, 21, dtype=dtype, device=DEVICE)
+        lowest = torch.finfo(torch.float32).min
+        bias[..., 0, :] = lowest                     # uniform, as torch's softmax of equal values
+        bias[..., 1, 3:] = lowest                    # weight on the first three keys only
+        bias[..., 2, 5] = float("-inf")              # key 5 masked
+        bias[..., 3, :] = -1e30                      # uniform: -1e30 absorbs the q.k differences
+        bias[..., 4, :] = -1e9                       # the softmax of the scores (uniform in fp32)
+        bias[..., 5, :] = float("-inf")              # nothing to attend to
+        bias[..., 6, ::2] = -1e9                     # the -1e9 keys get 0
+        # An fp32 kernel clamps finfo(float32).min to -fp32max / log2(e) (x log2(e) would overflow
+        # to -inf), which moves row 0's log-sum-exp but none of its weights: compare the rest.
+        lse_rows = slice(1, None) if dtype == torch.float32 else slice(None)
+        out, weights, mean = check(q, k, v, attn_mask=bias, lse_rows=lse_rows)
+        self._assert_empty_rows(out, weights, mean, slice(5, 6))
+        assert (weights[:, :, 1, 3:] == 0).all() and (weights[:, :, 2, 5] == 0).all()
+        assert (weights[:, :, 6, ::2] == 0).all()
+        for row in (1, 2, 3, 4, 6):
+            assert (weights[:, :, row].sum(-1) - 1).abs().max() < 1e-5, row
+        uniform_rows = [0, 3, 4] if dtype == torch.float32 else [0, 3]
+        for row in uniform_rows:
+            assert (weights[:, :, row] - 1 / 21).abs().max() < 1e-6, row
+            assert (out[:, :, row] - v.mean(2)).abs().max() < 1e-5, row
+        if dtype == torch.float64:  # -1e9 is exact in fp64: q.k still counts
+            assert (weights[:, :, 4] - 1 / 21).abs().max() > 1e-3
 
     def test_all_keys_padded_in_one_batch_element(self):
         q, k, v = make_qkv(2, 3, 30, 45, 16, torch.float32)
@@ -309,3 +343,19 @@ class TestPublicApi:
             ref_out, ref_weights = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
         assert (out - ref_out).abs().max() < 1e-12
         assert (weights - ref_weights).abs().max() < 1e-12
+
+
+def test_float32_mask_minimum_with_fp16_inputs_is_a_bias_on_both_paths():
+    """An fp32 mask's finfo.min with fp16 inputs is clamped, not overflowed to -inf: the kernels
+    and the reference both softmax such a row uniformly."""
+    q, k, v = make_qkv(1, 2, 5, 7, 16, torch.float16)
+    bias = torch.zeros(1, 1, 5, 7, device=DEVICE)
+    bias[..., 1, :] = torch.finfo(torch.float32).min
+    bias[..., 2, 3] = float("-inf")
+    out, weights = attnlens.scaled_dot_product_attention(q, k, v, attn_mask=bias, return_weights=True)
+    with attnlens.use_backend("reference"):
+        ref_out, ref_weights = attnlens.scaled_dot_product_attention(q, k, v, attn_mask=bias, return_weights=True)
+    for w in (weights, ref_weights):
+        assert torch.equal(w[0, :, 1].float(), torch.full((2, 7), 1 / 7, dtype=torch.float16).float())
+        assert (w[0, :, 2, 3] == 0).all()
+    assert (out.float() - ref_out.float()).abs().max() < 2e-3

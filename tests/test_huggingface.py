@@ -370,8 +370,9 @@ def test_attention_sinks_on_the_module_raise():
         hf.attention_forward(layer, query, query, query, None)
 
 
-# The kernels fold log2(e) into the scores; the float32 minimum times that overflows to -inf, which
-# is what masking means, but numpy (the interpreter) warns about it.
+# The kernels fold log2(e) into the scores, clamping the float32 minimum first so that it stays
+# finite (as in eager); the masked keys' exp underflows to 0. Kept in case numpy (the interpreter)
+# warns about an intermediate overflow.
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_float_and_bool_masks_are_taken_as_transformers_means_them():
     """A custom 4-D mask reaches the attention function as the user built it: float (added to the
