@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from attnlens._checks import check_int
+
 __all__ = [
     "BOS_ID",
     "EOS_ID",
@@ -46,13 +48,6 @@ NUM_SPECIAL_TOKENS = 3
 # Fewer than 2 content tokens would make every task trivial (one possible sentence per length).
 MIN_CONTENT_TOKENS = 2
 TASKS = ("copy", "reverse", "sort", "random")
-
-
-def _check_int(name: str, value: object) -> int:
-    # bool is an int subclass; True as a size or a seed is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 def _check_task(task: object) -> str:
@@ -170,7 +165,7 @@ class SyntheticData(Dataset):
         fraction = float(fraction)
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1] (the share held out), got {fraction}")
-        seed = _check_int("seed", seed)
+        seed = check_int("seed", seed)
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         generator = torch.Generator().manual_seed(seed)
@@ -196,11 +191,11 @@ def generate_synthetic_data(num_sentences: int, vocab_size: int, max_length: int
     ``num_sentences < 0``, ``vocab_size < NUM_SPECIAL_TOKENS + 2``, ``max_length < 1``,
     ``min_length`` outside ``[1, max_length]``, a negative seed or an unknown task.
     """
-    num_sentences = _check_int("num_sentences", num_sentences)
-    vocab_size = _check_int("vocab_size", vocab_size)
-    max_length = _check_int("max_length", max_length)
-    min_length = _check_int("min_length", min_length)
-    seed = _check_int("seed", seed)
+    num_sentences = check_int("num_sentences", num_sentences)
+    vocab_size = check_int("vocab_size", vocab_size)
+    max_length = check_int("max_length", max_length)
+    min_length = check_int("min_length", min_length)
+    seed = check_int("seed", seed)
     task = _check_task(task)
     if num_sentences < 0:
         raise ValueError(f"num_sentences must be >= 0, got {num_sentences}")
@@ -299,8 +294,8 @@ def _check_structure(data: SyntheticData) -> None:
         # int64 only: a float tensor could hold NaN, and token ids compared as floats lose exactness.
         if value.dtype != torch.long:
             raise TypeError(f"data.{name} must be a LongTensor (torch.int64), got dtype {value.dtype}")
-    vocab_size = _check_int("data.vocab_size", data.vocab_size)
-    max_length = _check_int("data.max_length", data.max_length)
+    vocab_size = check_int("data.vocab_size", data.vocab_size)
+    max_length = check_int("data.max_length", data.max_length)
     _check_task(data.task)
     if vocab_size < NUM_SPECIAL_TOKENS + MIN_CONTENT_TOKENS:
         raise ValueError(f"data.vocab_size must be at least {NUM_SPECIAL_TOKENS + MIN_CONTENT_TOKENS}, "

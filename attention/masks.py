@@ -15,23 +15,16 @@ ever inverted on the way.
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple, Tuple, Union
 
 import torch
 
+from attnlens._checks import check_int
 from attnlens.data import PAD_ID
 
 __all__ = ["Masks", "causal_mask", "create_masks", "mask_future_tokens", "padding_mask"]
 
 Device = Union[torch.device, str, int, None]
-
-
-def _check_int(name: str, value: object) -> int:
-    # bool is an int subclass; True as a length or a token id is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 def _check_tokens(name: str, tokens: object, shape_hint: str, ndims: Tuple[int, ...]) -> torch.Tensor:
@@ -54,7 +47,7 @@ def causal_mask(n: int, *, device: Device = None) -> torch.Tensor:
     exactly when ``j <= i`` (the lower triangle, diagonal included). Pass it as ``attn_mask``; it
     broadcasts over batch and heads. Equivalent to ``is_causal=True`` for square attention.
     """
-    n = _check_int("n", n)
+    n = check_int("n", n)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
@@ -78,7 +71,7 @@ def padding_mask(tokens: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
     ignored** (``tokens == pad_id``), on the tokens' device: the ``key_padding_mask`` convention.
     """
     tokens = _check_tokens("tokens", tokens, "[B, N]", (2,))
-    pad_id = _check_int("pad_id", pad_id)
+    pad_id = check_int("pad_id", pad_id)
     return tokens == pad_id
 
 
@@ -121,7 +114,7 @@ def create_masks(src: torch.Tensor, tgt: torch.Tensor, pad_id: int = PAD_ID) -> 
     """
     src = _check_tokens("src", src, "[B, Ns]", (2,))
     tgt = _check_tokens("tgt", tgt, "[B, Nt]", (2,))
-    pad_id = _check_int("pad_id", pad_id)
+    pad_id = check_int("pad_id", pad_id)
     if src.shape[0] != tgt.shape[0]:
         raise ValueError(f"src and tgt must have the same batch size, got src {tuple(src.shape)} "
                          f"and tgt {tuple(tgt.shape)}")

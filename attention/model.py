@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlens._checks import check_int
 from attnlens.data import BOS_ID, EOS_ID, PAD_ID
-from attnlens.masks import padding_mask
+from attnlens.masks import causal_mask, padding_mask
 from attnlens.modules import MultiHeadAttention
 from attnlens.positional import SinusoidalPositionalEncoding
 
@@ -72,9 +73,10 @@ def _activation(activation: Activation) -> Callable[[torch.Tensor], torch.Tensor
 
 
 def _causal_attn_mask(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
-    """torch's causal mask for ``x``'s sequence: bool ``[N, N]``, **True = not allowed** (j > i)."""
+    """torch's causal mask for ``x``'s sequence: bool ``[N, N]``, **True = not allowed** (j > i):
+    ``attnlens.causal_mask`` (True = attend) inverted."""
     n = x.shape[1] if (x.dim() == 3 and batch_first) else x.shape[0]
-    return torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+    return ~causal_mask(n, device=x.device)
 
 
 def _per_head(weights: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -242,14 +244,6 @@ class TransformerDecoderLayer(nn.Module):
 # the sequence model
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_tokens(name: str, tokens: object, vocab_size: int) -> torch.Tensor:
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids [B, N], got {type(tokens).__name__}")
@@ -287,22 +281,22 @@ class TransformerModel(nn.Module):
                  num_decoder_layers: Optional[int] = None, activation: Activation = "relu",
                  bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> None:
         super().__init__()
-        self.vocab_size = _check_int("vocab_size", vocab_size, 1)
-        self.d_model = _check_int("d_model", d_model, 1)
-        self.nhead = _check_int("nhead", nhead, 1)
+        self.vocab_size = check_int("vocab_size", vocab_size, 1)
+        self.d_model = check_int("d_model", d_model, 1)
+        self.nhead = check_int("nhead", nhead, 1)
         if self.d_model % self.nhead:
             raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-        num_layers = _check_int("num_layers", num_layers, 1)
+        num_layers = check_int("num_layers", num_layers, 1)
         num_decoder_layers = num_layers if num_decoder_layers is None else \
-            _check_int("num_decoder_layers", num_decoder_layers, 1)
-        dim_feedforward = _check_int("dim_feedforward", dim_feedforward, 1)
-        self.max_len = _check_int("max_len", max_len, 1)
+            check_int("num_decoder_layers", num_decoder_layers, 1)
+        dim_feedforward = check_int("dim_feedforward", dim_feedforward, 1)
+        self.max_len = check_int("max_len", max_len, 1)
         if kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {', '.join(MODEL_KINDS)}; got {kind!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a float in [0, 1], got {dropout!r}")
         for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
-            if not 0 <= _check_int(name, value, 0) < self.vocab_size:
+            if not 0 <= check_int(name, value, 0) < self.vocab_size:
                 raise ValueError(f"{name} must be a token id in [0, vocab_size={vocab_size}), got {value}")
         self.kind = kind
         self.norm_first = bool(norm_first)
@@ -435,7 +429,7 @@ class TransformerModel(nn.Module):
         if self.kind == "encoder":
             raise RuntimeError("generate() needs a model with a decoder; this one is encoder-only "
                                "(its logits already give every position's token: model(src).argmax(-1))")
-        steps = src.shape[1] + 1 if max_new_tokens is None else _check_int("max_new_tokens", max_new_tokens, 0)
+        steps = src.shape[1] + 1 if max_new_tokens is None else check_int("max_new_tokens", max_new_tokens, 0)
         batch = src.shape[0]
         generated = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=src.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=src.device)

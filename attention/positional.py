@@ -28,6 +28,8 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from attnlens._checks import check_int
+
 __all__ = [
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
@@ -41,15 +43,6 @@ DeviceLike = Union[torch.device, str, int, None]
 
 # ----------------------------------------------------------------------------------------------
 # argument checks: each names the argument, what it got and what it expects
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    # bool is an int subclass, but max_len=True is a bug, not a length
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_base(value: object) -> float:
@@ -116,8 +109,8 @@ def sinusoidal_positional_encoding(max_len: int, embed_dim: int, *, base: float 
         dtype: floating point dtype of the result.
         device: device of the result.
     """
-    max_len = _check_int("max_len", max_len, 0)
-    embed_dim = _check_int("embed_dim", embed_dim, 1)
+    max_len = check_int("max_len", max_len, 0)
+    embed_dim = check_int("embed_dim", embed_dim, 1)
     base = _check_base(base)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
@@ -151,8 +144,8 @@ class SinusoidalPositionalEncoding(nn.Module):
     def __init__(self, embed_dim: int, max_len: int = 5000, dropout: float = 0.0,
                  batch_first: bool = True, *, base: float = 10000.0) -> None:
         super().__init__()
-        self.embed_dim = _check_int("embed_dim", embed_dim, 1)
-        self.max_len = _check_int("max_len", max_len, 0)
+        self.embed_dim = check_int("embed_dim", embed_dim, 1)
+        self.max_len = check_int("max_len", max_len, 0)
         self.batch_first = bool(batch_first)
         self.base = _check_base(base)
         self.dropout = nn.Dropout(_check_dropout(dropout))
@@ -205,8 +198,8 @@ class LearnedPositionalEmbedding(nn.Module):
     def __init__(self, max_len: int, embed_dim: int, dropout: float = 0.0, batch_first: bool = True,
                  *, device: DeviceLike = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        self.max_len = _check_int("max_len", max_len, 0)
-        self.embed_dim = _check_int("embed_dim", embed_dim, 1)
+        self.max_len = check_int("max_len", max_len, 0)
+        self.embed_dim = check_int("embed_dim", embed_dim, 1)
         self.batch_first = bool(batch_first)
         self.dropout = nn.Dropout(_check_dropout(dropout))
         self.embedding = nn.Embedding(self.max_len, self.embed_dim, device=device, dtype=dtype)
@@ -223,7 +216,7 @@ class LearnedPositionalEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """``dropout(x + E[offset : offset + N])``; shapes as in the class docstring."""
         x = _check_embeddings(x, self.embed_dim, self.batch_first)
-        offset = _check_int("offset", offset, 0)
+        offset = check_int("offset", offset, 0)
         length = x.shape[_sequence_dim(x, self.batch_first)]
         if offset + length > self.max_len:
             raise ValueError(f"positions offset={offset} to {offset + length - 1} (x of shape {tuple(x.shape)}) "
@@ -319,11 +312,11 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float = 10000.0, max_len: Optional[int] = None,
                  interleaved: bool = False) -> None:
         super().__init__()
-        self.head_dim = _check_int("head_dim", head_dim, 2)
+        self.head_dim = check_int("head_dim", head_dim, 2)
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even (features are rotated in pairs), got {head_dim}")
         self.base = _check_base(base)
-        self.max_len = None if max_len is None else _check_int("max_len", max_len, 0)
+        self.max_len = None if max_len is None else check_int("max_len", max_len, 0)
         self.interleaved = bool(interleaved)
         # (device, compute dtype) -> (cos, sin), each [cached length, D/2]
         self._tables: Dict[Tuple[torch.device, torch.dtype], Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -361,8 +354,8 @@ class RotaryEmbedding(nn.Module):
         These are what :func:`apply_rotary` takes; handy for plotting or a custom kernel.
         ``dtype`` is float32 or float64.
         """
-        length = _check_int("length", length, 0)
-        offset = _check_int("offset", offset, 0)
+        length = check_int("length", length, 0)
+        offset = check_int("offset", offset, 0)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         self._check_range(offset, length, "length")
@@ -441,7 +434,7 @@ class RotaryEmbedding(nn.Module):
     def _check_offset(self, offset: object, positions: Optional[torch.Tensor]) -> int:
         if positions is not None and not (isinstance(offset, numbers.Integral) and offset == 0):
             raise ValueError(f"pass either offset or positions, not both (got offset={offset!r})")
-        return _check_int("offset", offset, 0)
+        return check_int("offset", offset, 0)
 
     def _rotate_checked(self, x: torch.Tensor, offset: int, positions: Optional[torch.Tensor]) -> torch.Tensor:
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

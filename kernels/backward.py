@@ -49,6 +49,7 @@ from attnlens.kernels.launch import INTERPRETED, launchable
 from attnlens.kernels.tiles import (
     apply_masks,
     dropout_keep,
+    key_block_range,
     load_row_stats,
     load_tile,
     matmul,
@@ -58,27 +59,6 @@ from attnlens.kernels.tiles import (
 )
 
 __all__ = ["attention_backward"]
-
-
-@triton.jit
-def _key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
-                     IS_CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Key blocks a query block [start_m, start_m + BLOCK_M) can see: [lo, full_end) needs no
-    causal or bound test, [full_end, hi) does. Same split as the forward kernel."""
-    lo = 0
-    hi = seqlen_k
-    full_end = seqlen_k
-    if IS_CAUSAL:
-        hi = tl.minimum(seqlen_k, tl.maximum(start_m + BLOCK_M + causal_offset, 0))
-        full_end = tl.minimum(seqlen_k, tl.maximum(start_m + causal_offset + 1, 0))
-    if HAS_PADDING:
-        kv_start = tl.load(kv_range_ptr + off_b * 2)
-        kv_end = tl.load(kv_range_ptr + off_b * 2 + 1)
-        lo = (kv_start // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(hi, kv_end)
-    full_end = tl.maximum(lo, (tl.minimum(full_end, hi) // BLOCK_N) * BLOCK_N)
-    return lo, full_end, hi
 
 
 @triton.jit
@@ -167,8 +147,8 @@ def _bwd_preprocess_kernel(
         rng_stream = off_b * num_heads_q + off_h
         # One checked loop (no unmasked stage): this pass streams dW, an N x N tensor, and is
         # bound by memory, not by the mask tests.
-        lo, _, hi = _key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
-                                     IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
+        lo, _, hi = key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
+                                    IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
         dw_scale = _dw_scale(num_heads_q, DW_MEAN, USE_FP64)
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -486,8 +466,8 @@ def _bwd_dq_kernel(
     else:
         dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
 
-    lo, full_end, hi = _key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
-                                        IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
+    lo, full_end, hi = key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
+                                       IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
     dq = _dq_key_loop(dq, q, do, row_max, log_sum, delta, k_base, v_base, mask_base, pad_base, dw_base,
                       seed, rng_stream, offs_m, offs_d, offs_dv, lo, full_end,
                       stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k,

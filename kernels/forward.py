@@ -36,6 +36,7 @@ from attnlens.kernels.tiles import (
     apply_masks,
     dropout_keep,
     exponential,
+    key_block_range,
     load_row_stats,
     load_tile,
     logarithm,
@@ -251,18 +252,8 @@ def _attn_fwd_kernel(
 
     # Key blocks this query block can see: [lo, hi). Blocks in [lo, full_end) need no causal or
     # bound test; the rest, up to hi, are tested element by element.
-    lo = 0
-    hi = seqlen_k
-    full_end = seqlen_k
-    if IS_CAUSAL:
-        hi = tl.minimum(seqlen_k, tl.maximum(start_m + BLOCK_M + causal_offset, 0))
-        full_end = tl.minimum(seqlen_k, tl.maximum(start_m + causal_offset + 1, 0))
-    if HAS_PADDING:
-        kv_start = tl.load(kv_range_ptr + off_b * 2)
-        kv_end = tl.load(kv_range_ptr + off_b * 2 + 1)
-        lo = (kv_start // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(hi, kv_end)
-    full_end = tl.maximum(lo, (tl.minimum(full_end, hi) // BLOCK_N) * BLOCK_N)
+    lo, full_end, hi = key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
+                                       IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
 
     if USE_FP64:
         acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float64)

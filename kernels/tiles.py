@@ -109,6 +109,29 @@ def scaled_scores(a, b, qk_scale, qk_scale_lo, USE_FP64: tl.constexpr, DOT_PRECI
 
 
 @triton.jit
+def key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
+                    IS_CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks a query block [start_m, start_m + BLOCK_M) can see: [lo, full_end) needs no
+    causal or bound test, [full_end, hi) does (the forward, dQ and preprocess kernels
+    all split their key loop this way). Blocks that causality or key padding empty entirely
+    are outside [lo, hi)."""
+    lo = 0
+    hi = seqlen_k
+    full_end = seqlen_k
+    if IS_CAUSAL:
+        hi = tl.minimum(seqlen_k, tl.maximum(start_m + BLOCK_M + causal_offset, 0))
+        full_end = tl.minimum(seqlen_k, tl.maximum(start_m + causal_offset + 1, 0))
+    if HAS_PADDING:
+        kv_start = tl.load(kv_range_ptr + off_b * 2)
+        kv_end = tl.load(kv_range_ptr + off_b * 2 + 1)
+        lo = (kv_start // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(hi, kv_end)
+    full_end = tl.maximum(lo, (tl.minimum(full_end, hi) // BLOCK_N) * BLOCK_N)
+    return lo, full_end, hi
+
+
+@triton.jit
 def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base, stride_pad_k,
                 seqlen_q, seqlen_k, causal_offset,
                 CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr, IS_CAUSAL: tl.constexpr,
