@@ -440,7 +440,7 @@ class TaskData(NamedTuple):
 
 
 # The defaults of train_on_task, measured to reach >= 95% held-out token accuracy on "reverse"
-# in about a minute on a 2-core CPU (see docs/sections/model.md).
+# in about a minute on a 2-core CPU (see the README, "Training on synthetic data").
 DEFAULT_TASK_CONFIG: Dict[str, Any] = dict(
     num_sentences=6000, vocab_size=16, max_length=10, steps=600, batch_size=64, lr=3e-3, warmup_steps=100,
     d_model=64, nhead=4, num_layers=2, dim_feedforward=128, dropout=0.0, val_fraction=0.1,

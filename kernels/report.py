@@ -3,11 +3,18 @@
     python -m attnlens.kernels.report                # the default configs, sm_80 and sm_90
     python -m attnlens.kernels.report --coverage     # every constexpr flag on and off
     python -m attnlens.kernels.report --json out.json
+    python -m attnlens.kernels.report --kernel forward --arch 90 --dtype fp16 --head-dim 64 \
+        --config 128x64x4x3 --config 128x128x8x3   # candidates, before timing them on a GPU
 
 For each variant it compiles with ``triton.compile(ASTSource(...), target=GPUTarget(...))`` and
 reads the cubin with the ``cuobjdump`` and ``nvdisasm`` that Triton's wheel ships: registers per
-thread, local memory (spills), shared memory (checked against the architecture's limit), and
-which matrix instructions the SASS uses (HMMA on sm_80, HGMMA = wgmma on sm_90, DMMA for fp64).
+thread, spills, shared memory (checked against the architecture's limit), and which matrix
+instructions the SASS uses (HMMA on sm_80, HGMMA = wgmma on sm_90, DMMA for fp64).
+
+Spills: ptxas puts spilled registers in the thread's stack frame, which ``cuobjdump -res-usage``
+reports as ``STACK`` (its ``LOCAL`` is memory the program itself declared local, 0 here); the
+SASS shows them as local stores and loads (``STL``/``LDL``). A variant spills when either is
+non-zero.
 
 Argument specialisation mirrors what a launch from torch sees in the common case: pointers and
 the batch/head/sequence strides divisible by 16, the last-dimension strides equal to 1.
@@ -33,7 +40,7 @@ from attnlens.kernels import config as config_mod
 from attnlens.kernels.config import KernelConfig
 
 __all__ = ["Variant", "CompileResult", "KERNEL_FUNCTIONS", "default_variants", "coverage_variants",
-           "compile_variant", "compile_all", "format_table", "main"]
+           "with_configs", "parse_config", "compile_variant", "compile_all", "format_table", "main"]
 
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
@@ -99,11 +106,13 @@ class Variant:
 class CompileResult:
     variant: Variant
     registers: int
-    local_bytes: int
+    local_bytes: int  # stack frame + declared local memory, bytes per thread
     shared_bytes: int
     shared_limit: int
     mma: Dict[str, int]
     error: Optional[str] = None
+    spill_stores: int = 0  # STL instructions in the SASS
+    spill_loads: int = 0  # LDL instructions in the SASS
 
     @property
     def ok(self) -> bool:
@@ -111,7 +120,7 @@ class CompileResult:
 
     @property
     def spills(self) -> bool:
-        return self.local_bytes > 0
+        return self.local_bytes > 0 or self.spill_stores > 0 or self.spill_loads > 0
 
     def as_dict(self) -> dict:
         v = self.variant
@@ -119,6 +128,7 @@ class CompileResult:
                 "flags": v.label(), "block_m": v.config.block_m, "block_n": v.config.block_n,
                 "num_warps": v.config.num_warps, "num_stages": v.config.num_stages,
                 "registers": self.registers, "local_bytes": self.local_bytes,
+                "spill_stores": self.spill_stores, "spill_loads": self.spill_loads,
                 "shared_bytes": self.shared_bytes, "shared_limit": self.shared_limit,
                 "mma": self.mma, "error": self.error}
 
@@ -189,6 +199,24 @@ def coverage_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[s
             for dtype, head_dim, pattern in plan]
 
 
+def parse_config(text: str) -> KernelConfig:
+    """``"128x64x4x3"`` (block_m x block_n x num_warps x num_stages; warps and stages optional)."""
+    try:
+        fields = [int(x) for x in text.lower().split("x")]
+        if not 2 <= len(fields) <= 4:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"a configuration is 'BLOCK_MxBLOCK_N[xWARPS[xSTAGES]]', e.g. '128x64x4x3', "
+                         f"got {text!r}") from None
+    return KernelConfig(*fields)
+
+
+def with_configs(variants: Sequence[Variant], configs: Sequence[KernelConfig]) -> List[Variant]:
+    """Each variant once per configuration, in place of the table's: what a candidate would cost in
+    registers, spills and shared memory before it is timed."""
+    return [dataclasses.replace(v, config=c) for v in variants for c in configs]
+
+
 def _signature(v: Variant):
     fn = KERNEL_FUNCTIONS[v.kernel]
     flags = v.flag_dict
@@ -255,9 +283,12 @@ def compile_variant(v: Variant) -> CompileResult:
         usage = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
         sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True).stdout
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
-    local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
+    local = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
+    stores = len(re.findall(r"\bSTL(?:\.\w+)*\b", sass))
+    loads = len(re.findall(r"\bLDL(?:\.\w+)*\b", sass))
     counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA) + r")\b", sass))
-    return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts))
+    return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts),
+                         spill_stores=stores, spill_loads=loads)
 
 
 def compile_all(variants: Sequence[Variant], jobs: int = 0) -> List[CompileResult]:
@@ -280,10 +311,14 @@ def compile_all(variants: Sequence[Variant], jobs: int = 0) -> List[CompileResul
             os.environ["TRITON_INTERPRET"] = previous
 
 
+def _spills(r: CompileResult) -> str:
+    return "0" if not r.spills else f"{r.local_bytes} ({r.spill_stores}/{r.spill_loads})"
+
+
 def format_table(results: Sequence[CompileResult]) -> str:
     """A Markdown table of the results."""
     lines = ["| kernel | arch | dtype | head dim | flags | block m x n, warps, stages | registers | "
-             "spills (local bytes) | shared KiB | matrix instructions |",
+             "spills: stack bytes (STL/LDL) | shared KiB | matrix instructions |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         v = r.variant
@@ -295,7 +330,7 @@ def format_table(results: Sequence[CompileResult]) -> str:
         shared = f"{r.shared_bytes / 1024:.0f}" + ("" if r.shared_bytes <= r.shared_limit else " OVER LIMIT")
         lines.append(f"| {v.kernel} | sm_{v.arch} | {v.dtype} | {v.head_dim} | {v.label()} | "
                      f"{v.config.block_m}x{v.config.block_n}, {v.config.num_warps}, {v.config.num_stages} | "
-                     f"{r.registers} | {r.local_bytes} | {shared} | {mma} |")
+                     f"{r.registers} | {_spills(r)} | {shared} | {mma} |")
     return "\n".join(lines)
 
 
@@ -306,12 +341,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT),
                         help="compute capability (repeatable; default 80 and 90)")
     parser.add_argument("--kernel", action="append", choices=sorted(KERNEL_FUNCTIONS), help="repeatable")
+    parser.add_argument("--dtype", action="append", choices=DTYPES, help="only these dtypes (repeatable)")
+    parser.add_argument("--head-dim", type=int, action="append", help="only these head dims (repeatable)")
+    parser.add_argument("--config", action="append", type=parse_config, metavar="MxNxWxS",
+                        help="compile with this configuration instead of the table's (repeatable): "
+                             "block_m x block_n x warps x stages, e.g. 128x64x4x3")
     parser.add_argument("--jobs", type=int, default=0, help="parallel compiles (default: CPU count)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     archs = tuple(args.arch or ARCHS)
     variants = (coverage_variants(archs, args.kernel) if args.coverage
-                else default_variants(archs, args.kernel, full=args.full))
+                else default_variants(archs, args.kernel, full=args.full or bool(args.head_dim)))
+    if args.dtype:
+        variants = [v for v in variants if v.dtype in args.dtype]
+    if args.head_dim:
+        variants = [v for v in variants if v.head_dim in args.head_dim]
+    if not variants:
+        parser.error("no variant matches the --kernel/--arch/--dtype/--head-dim selection")
+    if args.config:
+        variants = with_configs(variants, args.config)
     results = compile_all(variants, args.jobs)
     import triton
     print(f"attnlens kernel compile report (triton {triton.__version__}, torch {torch.__version__})\n")
@@ -321,7 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             json.dump({"triton": triton.__version__, "torch": torch.__version__,
                        "results": [r.as_dict() for r in results]}, fh, indent=1)
     failed = [r for r in results if not r.ok]
-    spilled = [r for r in results if r.spills and r.variant.arch == 90 and not args.coverage]
+    spilled = [r for r in results if r.spills and r.variant.arch == 90 and not args.coverage and not args.config]
     if failed:
         print(f"\n{len(failed)} variant(s) failed to compile or exceed shared memory", file=sys.stderr)
     if spilled:

@@ -273,7 +273,7 @@ def test_gpu_tile_shapes():
                   key_padding_mask=padding(2, 70), return_weights="mean")
     grad_out = randn(2, 2, 40, 32, dtype=torch.float16)
     grad_weights = randn(2, 40, 70, dtype=torch.float16)
-    for block_m, block_n in [(16, 32), (32, 16), (64, 32)]:
+    for block_m, block_n in [(16, 32), (32, 16), (64, 32), (32, 128)]:
         with override_config(block_m=block_m, block_n=block_n):
             check_grads(q, k, v, grad_out=grad_out, grad_weights=grad_weights, **kwargs)
 
