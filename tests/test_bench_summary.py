@@ -137,3 +137,38 @@ def test_series_names(summarize):
     grid = summarize.Row("c", "grid", "bf16", 128, "causal", 2, 16, 8192)
     tour = summarize.Row("c", "tour", "fp32", 16, "padding", 8, 4, 32)
     assert (grid.series, tour.series) == ("grid bf16 d128 causal", "tour B8 fp32 d16 padding")
+
+
+def _sweep_result(kernel: str, config: str, median_s: float, default: bool = False, op: str = "fwd") -> dict:
+    case = {"case": "sweep-B4-H32-N4096-d64-fp16-none", "family": "sweep", "batch": 4, "heads": 32,
+            "seqlen_q": 4096, "seqlen_k": 4096, "head_dim": 64, "dtype": "fp16", "mask": "none"}
+    return _result(case, "attnlens-sweep", op, median_s, kernel=kernel, config=config,
+                   default_config="128x64-w4-s3", is_default=default)
+
+
+def test_config_sweep_table(summarize, gpu_json, tmp_path):
+    """The sweep's results stay out of the performance table and get their own: the default
+    against the fastest candidate, per case and kernel."""
+    sweep_json = _write(tmp_path / "sweep.json", [
+        _sweep_result("backward_dq", "128x64-w8-s2", 3e-3, default=True, op="fwdbwd"),
+        _sweep_result("backward_dq", "64x64-w4-s2", 4e-3, op="fwdbwd"),
+        _sweep_result("forward", "128x64-w4-s3", 2e-3, default=True),
+        _sweep_result("forward", "128x128-w8-s3", 1.6e-3),
+        _sweep_result("forward", "64x64-w4-s2", 2.5e-3),
+    ])
+    results = summarize.load([gpu_json, sweep_json])
+    (device,) = summarize.summarize(results)
+    assert all(not r.case.startswith("sweep") for r in device.rows)
+    forward, dq = summarize.sweep(results)  # forward first, whatever the file order
+    assert (forward.kernel, forward.best_config, forward.timed) == ("forward", "128x128-w8-s3", 3)
+    assert forward.gain == pytest.approx(1.25)
+    assert (dq.best_config, dq.op, dq.gain) == ("128x64-w8-s2", "fwdbwd", pytest.approx(1.0))
+    table = tmp_path / "table.md"
+    assert summarize.main([gpu_json, sweep_json, "--markdown", str(table)]) == 0
+    text = table.read_text()
+    assert "| grid fp16 d64 none | 16 x 32 | 1024 |" in text
+    assert ("| sweep-B4-H32-N4096-d64-fp16-none | forward | fwd | 128x64-w4-s3 | 2 | 128x128-w8-s3 | 1.6 | 1.25x "
+            "| 3 |") in text
+    # a file of sweep results alone is enough
+    assert summarize.main([sweep_json, "--markdown", str(table)]) == 0
+    assert "Launch-configuration sweep" in table.read_text()

@@ -11,7 +11,10 @@ and per device writes
   write the weights at the measured copy bandwidth; a MultiheadAttention layer returning
   head-averaged weights, attnlens inside against ``nn.MultiheadAttention(need_weights=True)``;
   forward+backward against SDPA's fastest backend;
-- a PNG (matplotlib, Agg) of those three speed-ups against sequence length.
+- a PNG (matplotlib, Agg) of those three speed-ups against sequence length;
+- when the files hold results of the launch-configuration sweep (``bench/test_config_sweep.py``),
+  a second table: per case and kernel, the default configuration's time and the fastest
+  candidate's, which is where a tuning step in ``bench/NOTES.md`` starts.
 
 Speed-up is the other implementation's time over attnlens's: above 1, attnlens is faster. Results
 of a CPU smoke run are labelled as such in both, because they are not speed claims.
@@ -27,13 +30,16 @@ import re
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["Result", "Row", "load", "summarize", "markdown", "plot", "main"]
+__all__ = ["Result", "Row", "SweepRow", "load", "summarize", "sweep", "markdown", "sweep_markdown", "plot",
+           "main"]
 
 NOT_A_SPEED_CLAIM = ("CPU smoke run through Triton's interpreter, which proves the suite runs: "
                      "not a speed claim.")
 
 
 MASK_ORDER = {"none": 0, "causal": 1, "padding": 2}
+SWEEP_IMPL = "attnlens-sweep"
+KERNEL_ORDER = {"forward": 0, "weights": 1, "backward_dkdv": 2, "backward_dq": 3, "backward_preprocess": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +135,8 @@ def summarize(results: Sequence[Result]) -> List[DeviceSummary]:
     """Group results by device and case; later files win when a benchmark appears twice."""
     by_device: Dict[str, Dict[str, Dict[Tuple[str, str], Result]]] = collections.defaultdict(dict)
     for r in results:
-        by_device[r.device].setdefault(r.case, {})[(r.impl, r.op)] = r
+        if r.impl != SWEEP_IMPL:
+            by_device[r.device].setdefault(r.case, {})[(r.impl, r.op)] = r
     out = []
     for device, cases in by_device.items():
         rows, claims, versions, dates = [], set(), {}, set()
@@ -161,6 +168,67 @@ def summarize(results: Sequence[Result]) -> List[DeviceSummary]:
                                  MASK_ORDER.get(r.mask, len(MASK_ORDER)), r.mask, r.seqlen))
         out.append(DeviceSummary(device, claims == {True}, versions, sorted(dates), rows))
     return out
+
+
+@dataclasses.dataclass
+class SweepRow:
+    """One kernel on one case of the configuration sweep: the default configuration against the
+    fastest candidate (which may be the default). Times in seconds."""
+
+    device: str
+    case: str
+    kernel: str
+    op: str
+    default_config: str
+    default_s: Optional[float]
+    best_config: str
+    best_s: float
+    timed: int
+
+    @property
+    def gain(self) -> Optional[float]:
+        """Default time over the best candidate's: 1.0 when the default is the fastest."""
+        return _ratio(self.default_s, self.best_s)
+
+
+def sweep(results: Sequence[Result]) -> List[SweepRow]:
+    """The sweep's rows, by device, case and kernel; later files win when a configuration appears
+    twice. The default is the result marked ``is_default``."""
+    groups: Dict[Tuple[str, str, str], Dict[str, Result]] = collections.defaultdict(dict)
+    for r in results:
+        if r.impl == SWEEP_IMPL:
+            key = "default" if r.info.get("is_default") else r.info["config"]
+            groups[(r.device, r.case, r.info["kernel"])][key] = r
+    rows = []
+    for (device, case, kernel), by_config in groups.items():
+        default = by_config.get("default")
+        best = min(by_config.values(), key=lambda r: r.median_s)
+        any_result = default or best
+        rows.append(SweepRow(device, case, kernel, any_result.op,
+                             any_result.info.get("default_config", "?"), default.median_s if default else None,
+                             best.info["config"], best.median_s, len(by_config)))
+    rows.sort(key=lambda r: (r.device, r.case, KERNEL_ORDER.get(r.kernel, len(KERNEL_ORDER)), r.kernel))
+    return rows
+
+
+def sweep_markdown(rows: Sequence[SweepRow], speed_claim: bool = True) -> str:
+    """The sweep table: per device, one row per case and kernel."""
+    parts = []
+    for device in dict.fromkeys(r.device for r in rows):
+        parts.append(f"### Launch-configuration sweep on {device}\n")
+        if not speed_claim:
+            parts.append(f"> **{NOT_A_SPEED_CLAIM}**\n")
+        parts.append("Configurations are block_m x block_n, warps, stages. *Timed* is the op the kernel was timed "
+                     "in (fwdbwd: forward then backward, only the named kernel's configuration changed). "
+                     "*Gain*: the default's time over the fastest candidate's.\n")
+        parts.append("| case | kernel | timed | default | ms | fastest | ms | gain | configurations |")
+        parts.append("| " + " | ".join(["---"] * 9) + " |")
+        for r in rows:
+            if r.device == device:
+                parts.append(f"| {r.case} | {r.kernel} | {r.op} | {r.default_config} | {_ms(r.default_s)} | "
+                             f"{r.best_config} | {_ms(r.best_s)} | {_x(r.gain)} | {r.timed} |")
+        parts.append("")
+    return "\n".join(parts) + "\n"
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -262,17 +330,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--markdown", metavar="PATH", help="write the table here (default: print it)")
     parser.add_argument("--plot", metavar="PATH", help="write the speed-up plot here (PNG)")
     args = parser.parse_args(argv)
-    summaries = summarize(load(args.json))
-    if not summaries:
+    results = load(args.json)
+    summaries, sweep_rows = summarize(results), sweep(results)
+    if not summaries and not sweep_rows:
         print("no attnlens benchmark results in " + ", ".join(args.json), file=sys.stderr)
         return 1
-    table = markdown(summaries)
+    table = markdown(summaries) if summaries else ""
+    if sweep_rows:
+        claims = {r.info.get("speed_claim", False) for r in results if r.impl == SWEEP_IMPL}
+        table += sweep_markdown(sweep_rows, speed_claim=claims == {True})
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(table)
     else:
         print(table)
-    if args.plot:
+    if args.plot and summaries:
         for written in plot(summaries, args.plot):
             print(f"wrote {written}", file=sys.stderr)
     return 0

@@ -1,0 +1,163 @@
+"""Launch-configuration sweep: each kernel under a list of candidate configurations, on the shapes
+the speed targets are stated for. ``pytest bench/test_config_sweep.py --benchmark-only``.
+
+This is the data a tuning step in ``bench/NOTES.md`` starts from: for every case and kernel it
+times the machine's default configuration from ``kernels/config.py`` (``<kernel>-default``) and
+each candidate in ``CANDIDATES`` (block_m x block_n x warps x stages), changing that kernel's configuration only
+(``attnlens.kernels.config.override_config``), and ``bench/results/summarize.py`` lists the best
+candidate against the default. What each benchmark times:
+
+- ``forward``: the forward without weights;
+- ``weights``: the forward returning per-head weights (the forward part is the same for every
+  candidate, so the ranking is the weights kernel's);
+- ``backward_dkdv``, ``backward_dq``: forward then backward (likewise).
+
+Every candidate is first checked against the default configuration on the same inputs (output,
+weights, gradients): a configuration that computes something else fails the run rather than
+being timed. A candidate the compiler cannot fit (shared memory) is skipped with the reason.
+
+Without CUDA one tiny case and two candidates per kernel run through Triton's interpreter: proof
+that the sweep works, not a speed claim, like the rest of the CPU smoke run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import zlib
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+
+import attnlens
+from attnlens.kernels.config import KernelConfig, get_config, override_config
+from harness import Case, attention_bytes, attention_flops, input_sets, measure, weights_bytes
+
+CUDA = torch.cuda.is_available()
+
+#: kernel -> the op timed for it ("fwd", "weights" or "fwdbwd")
+KERNEL_OPS = {"forward": "fwd", "weights": "weights", "backward_dkdv": "fwdbwd", "backward_dq": "fwdbwd"}
+
+# 16-bit candidates for sm_80/sm_90: the FlashAttention-2 neighbourhood of the defaults. The
+# weights kernel has no key loop without head averaging, so its stages barely matter there.
+_GPU_CANDIDATES: Dict[str, List[Tuple[int, int, int, int]]] = {
+    "forward": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3), (128, 64, 4, 2),
+                (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+                (256, 64, 8, 3)],
+    "weights": [(64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 4, 2),
+                (128, 128, 8, 2), (256, 64, 8, 2), (64, 256, 8, 2)],
+    "backward_dkdv": [(32, 64, 4, 2), (32, 64, 8, 2), (32, 128, 4, 2), (32, 128, 8, 2), (64, 64, 4, 2),
+                      (64, 128, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2)],
+    "backward_dq": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 32, 4, 2), (128, 64, 8, 2),
+                    (128, 64, 8, 3), (128, 128, 8, 2)],
+}
+_CPU_CANDIDATES = {kernel: [(16, 16, 4, 1), (32, 16, 4, 1)] for kernel in KERNEL_OPS}
+CANDIDATES = _GPU_CANDIDATES if CUDA else _CPU_CANDIDATES
+
+
+def sweep_cases() -> List[Case]:
+    """On a GPU: N = 4096 (the size the weights target names), head dim 64 and 128 with
+    heads x head dim = 2048 and batch 4, fp16, without mask and causal. On a CPU: one tiny case."""
+    if not CUDA:
+        return [Case("sweep", 1, 2, 40, 16, "fp16", "causal")]
+    return [Case("sweep", 4, 2048 // d, 4096, d, "fp16", mask) for d in (64, 128) for mask in ("none", "causal")]
+
+
+CASES = {c.id: c for c in sweep_cases()}
+
+
+def config_label(cfg: KernelConfig) -> str:
+    """``128x64-w4-s3``: block_m x block_n, warps, stages (the form summarize.py prints)."""
+    return f"{cfg.block_m}x{cfg.block_n}-w{cfg.num_warps}-s{cfg.num_stages}"
+
+
+def _call(case: Case, op: str) -> Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]]:
+    """``tensors -> results`` for the op; the results are what the correctness check compares."""
+    def call(t: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+        if op == "fwdbwd":
+            for name in ("q", "k", "v"):
+                t[name].grad = None
+            out = attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=case.causal)
+            out.backward(t["grad"])
+            return [out.detach(), t["q"].grad, t["k"].grad, t["v"].grad]
+        with torch.no_grad():
+            if op == "weights":
+                return list(attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=case.causal,
+                                                                  return_weights=True))
+            return [attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=case.causal)]
+    return call
+
+
+def _max_rel_error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
+    worst = 0.0
+    for g, w in zip(got, want):
+        scale = w.float().abs().max().clamp_min(1e-30)
+        worst = max(worst, ((g.float() - w.float()).abs().max() / scale).item())
+    return worst
+
+
+def _out_of_resources() -> Tuple[type, ...]:
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - older layouts
+        return ()
+    return (OutOfResources,)
+
+
+@pytest.mark.parametrize("candidate", [f"{kernel}-{spec}" for kernel, cands in CANDIDATES.items()
+                                       for spec in ["default"] + ["x".join(map(str, c)) for c in cands]])
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_config(benchmark, bench_env, case_id: str, candidate: str):
+    case = CASES[case_id]
+    kernel, spec = candidate.rsplit("-", 1)
+    op = KERNEL_OPS[kernel]
+    env = bench_env
+    dtype = case.torch_dtype
+    default = get_config(kernel, env.device, dtype, case.head_dim, interpreted=not env.cuda)
+    cfg = default if spec == "default" else KernelConfig(*(int(x) for x in spec.split("x")))
+    if spec != "default" and cfg == default:
+        pytest.skip(f"{config_label(cfg)} is this machine's default {kernel} configuration, "
+                    f"timed as '{kernel}-default'")
+    benchmark.group = f"sweep {kernel} {case.id}"
+
+    training = op == "fwdbwd"
+    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
+    generator = torch.Generator(device=env.device).manual_seed(zlib.crc32(f"{case.id} {candidate}".encode()))
+
+    def draw() -> Dict[str, torch.Tensor]:
+        t = {name: torch.randn(shape, device=env.device, dtype=dtype, generator=generator)
+             for name in ("q", "k", "v", "grad")[:4 if training else 3]}
+        for name in ("q", "k", "v"):
+            t[name].requires_grad_(training)
+        return t
+
+    set_bytes = (4 if training else 3) * torch.Size(shape).numel() * (torch.finfo(dtype).bits // 8)
+    sets = [draw() for _ in range(input_sets(env, set_bytes))]
+    call = _call(case, op)
+    want = call(sets[0])  # the default configuration
+    with override_config(kernel, **dataclasses.asdict(cfg)):
+        try:
+            got = call(sets[0])
+        except _out_of_resources() as exc:
+            pytest.skip(f"{kernel} {config_label(cfg)} does not fit: {str(exc).splitlines()[0]}")
+        error = _max_rel_error(got, want)
+        # Same maths, another summation order: fp16 results agree to a few units in the last place.
+        assert error < 2e-2, f"{kernel} {config_label(cfg)} disagrees with {config_label(default)}: {error:.3g}"
+        del got, want
+        turn = itertools.count()
+
+        def setup() -> Dict[str, torch.Tensor]:
+            return sets[next(turn) % len(sets)]
+
+        weights = "per_head" if op == "weights" else "none"
+        bench_op = "fwd" if op == "weights" else op
+        info: Dict[str, Optional[object]] = {
+            "flops": attention_flops(case, None, bench_op), "bytes": attention_bytes(case, None, bench_op, weights),
+            "weights": weights, "weights_bytes": weights_bytes(case, weights), "input_sets": len(sets),
+            "impl": "attnlens-sweep", "op": op, "case": case.id, "kernel": kernel, "config": config_label(cfg),
+            "default_config": config_label(default), "is_default": spec == "default",
+            "max_rel_error_vs_default": error, "attnlens_path": attnlens.selected_backend(env.device),
+            **case.params(),
+        }
+        measure(benchmark, env, call, setup, info)
