@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import math
 import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
 import attnlens
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------
 # cases
@@ -320,6 +323,36 @@ def input_sets(env: BenchEnv, set_bytes: int) -> int:
     wanted = max(2, min(8, math.ceil(2 * env.l2_bytes / max(set_bytes, 1))))
     free, _ = torch.cuda.mem_get_info(env.device)
     return max(1, min(wanted, int(0.25 * free // max(set_bytes, 1))))
+
+
+def attention_input_sets(case: Case, env: BenchEnv, generator: torch.Generator,
+                         training: bool) -> List[Dict[str, torch.Tensor]]:
+    """Fresh random ``q``, ``k``, ``v`` ``[B, H, N, D]`` in the case's dtype (and ``grad``, the
+    incoming gradient, when ``training``; q/k/v then require grad), as many sets as
+    :func:`input_sets` allows."""
+    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
+    names = ("q", "k", "v", "grad")[:4 if training else 3]
+
+    def draw() -> Dict[str, torch.Tensor]:
+        tensors = {name: torch.randn(shape, device=env.device, dtype=case.torch_dtype, generator=generator)
+                   for name in names}
+        for name in ("q", "k", "v"):
+            tensors[name].requires_grad_(training)
+        return tensors
+
+    set_bytes = len(names) * torch.Size(shape).numel() * (torch.finfo(case.torch_dtype).bits // 8)
+    return [draw() for _ in range(input_sets(env, set_bytes))]
+
+
+def rotation(sets: Sequence[T]) -> Callable[[], T]:
+    """A callable that returns the sets in turn, round and round (a benchmark's ``setup``)."""
+    turn = itertools.count()
+    return lambda: sets[next(turn) % len(sets)]
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute difference over the largest magnitude of ``want``."""
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-30)).item()
 
 
 def fits_in_memory(env: BenchEnv, nbytes: float) -> bool:

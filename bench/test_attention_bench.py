@@ -20,7 +20,6 @@ Triton's interpreter, and every result says it is not a speed claim (see ``harne
 from __future__ import annotations
 
 import contextlib
-import itertools
 import warnings
 import zlib
 from typing import Callable, Dict, List, Optional, Tuple
@@ -34,6 +33,7 @@ from harness import (
     Case,
     attention_bytes,
     attention_flops,
+    attention_input_sets,
     fits_in_memory,
     grid_cases,
     input_sets,
@@ -42,6 +42,8 @@ from harness import (
     measure,
     module_bytes,
     projection_flops,
+    rel_error,
+    rotation,
     smoke_cases,
     tour_cases,
     weights_bytes,
@@ -77,10 +79,6 @@ def _sdpa_backend(name: str):
     if member is None:
         return None, f"torch {torch.__version__} has no SDPBackend.{SDPA_BACKENDS[name]}"
     return (sdpa_kernel, member), None
-
-
-def _rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-30)).item()
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,25 +120,15 @@ def _scratch_bytes(case: Case, impl: str, op: str) -> float:
 def _attention_bench(case: Case, impl: str, op: str, env, generator: torch.Generator,
                      lengths: Optional[List[int]]):
     """``(run, setup, info)`` for an attention-level benchmark."""
-    device, dtype = env.device, case.torch_dtype
+    device = env.device
     pad = key_padding_mask(case, lengths, device)
     training = op == "fwdbwd"
-    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
-
-    def draw() -> Dict[str, torch.Tensor]:
-        tensors = {name: torch.randn(shape, device=device, dtype=dtype, generator=generator)
-                   for name in ("q", "k", "v", "grad")[:4 if training else 3]}
-        for name in ("q", "k", "v"):
-            tensors[name].requires_grad_(training)
-        return tensors
-
-    set_bytes = (4 if training else 3) * torch.Size(shape).numel() * (torch.finfo(dtype).bits // 8)
-    sets = [draw() for _ in range(input_sets(env, set_bytes))]
+    sets = attention_input_sets(case, env, generator, training)
     call = _attention_call(case, impl, pad)
-    turn = itertools.count()
+    next_set = rotation(sets)
 
     def setup() -> Dict[str, torch.Tensor]:
-        tensors = sets[next(turn) % len(sets)]
+        tensors = next_set()
         for name in ("q", "k", "v"):
             tensors[name].grad = None
         return tensors
@@ -216,13 +204,10 @@ def _module_bench(case: Case, impl: str, env, generator: torch.Generator, length
             want_out, want_w = torch_layer(sets[0], True)
             got_out, got_w = _attnlens_layer(mha, case, pad, "mean")(sets[0])
         tolerance = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2}[case.dtype]
-        assert _rel_error(got_out, want_out) < tolerance, (_rel_error(got_out, want_out), case.id)
-        assert _rel_error(got_w, want_w) < tolerance, (_rel_error(got_w, want_w), case.id)
+        assert rel_error(got_out, want_out) < tolerance, (rel_error(got_out, want_out), case.id)
+        assert rel_error(got_w, want_w) < tolerance, (rel_error(got_w, want_w), case.id)
 
-    turn = itertools.count()
-
-    def setup():
-        return sets[next(turn) % len(sets)]
+    setup = rotation(sets)
 
     def run(x):
         with torch.no_grad():

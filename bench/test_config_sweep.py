@@ -23,7 +23,6 @@ that the sweep works, not a speed claim, like the rest of the CPU smoke run.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import zlib
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -32,7 +31,16 @@ import torch
 
 import attnlens
 from attnlens.kernels.config import KernelConfig, get_config, override_config
-from harness import Case, attention_bytes, attention_flops, input_sets, measure, weights_bytes
+from harness import (
+    Case,
+    attention_bytes,
+    attention_flops,
+    attention_input_sets,
+    measure,
+    rel_error,
+    rotation,
+    weights_bytes,
+)
 
 CUDA = torch.cuda.is_available()
 
@@ -90,11 +98,7 @@ def _call(case: Case, op: str) -> Callable[[Dict[str, torch.Tensor]], List[torch
 
 
 def _max_rel_error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
-    worst = 0.0
-    for g, w in zip(got, want):
-        scale = w.float().abs().max().clamp_min(1e-30)
-        worst = max(worst, ((g.float() - w.float()).abs().max() / scale).item())
-    return worst
+    return max(rel_error(g, w) for g, w in zip(got, want))
 
 
 def _out_of_resources() -> Tuple[type, ...]:
@@ -121,19 +125,8 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
                     f"timed as '{kernel}-default'")
     benchmark.group = f"sweep {kernel} {case.id}"
 
-    training = op == "fwdbwd"
-    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
     generator = torch.Generator(device=env.device).manual_seed(zlib.crc32(f"{case.id} {candidate}".encode()))
-
-    def draw() -> Dict[str, torch.Tensor]:
-        t = {name: torch.randn(shape, device=env.device, dtype=dtype, generator=generator)
-             for name in ("q", "k", "v", "grad")[:4 if training else 3]}
-        for name in ("q", "k", "v"):
-            t[name].requires_grad_(training)
-        return t
-
-    set_bytes = (4 if training else 3) * torch.Size(shape).numel() * (torch.finfo(dtype).bits // 8)
-    sets = [draw() for _ in range(input_sets(env, set_bytes))]
+    sets = attention_input_sets(case, env, generator, training=op == "fwdbwd")
     call = _call(case, op)
     want = call(sets[0])  # the default configuration
     with override_config(kernel, **dataclasses.asdict(cfg)):
@@ -145,11 +138,6 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
         # Same maths, another summation order: fp16 results agree to a few units in the last place.
         assert error < 2e-2, f"{kernel} {config_label(cfg)} disagrees with {config_label(default)}: {error:.3g}"
         del got, want
-        turn = itertools.count()
-
-        def setup() -> Dict[str, torch.Tensor]:
-            return sets[next(turn) % len(sets)]
-
         weights = "per_head" if op == "weights" else "none"
         bench_op = "fwd" if op == "weights" else op
         info: Dict[str, Optional[object]] = {
@@ -160,4 +148,4 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
             "max_rel_error_vs_default": error, "attnlens_path": attnlens.selected_backend(env.device),
             **case.params(),
         }
-        measure(benchmark, env, call, setup, info)
+        measure(benchmark, env, call, rotation(sets), info)
