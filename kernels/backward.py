@@ -45,7 +45,7 @@ from attnlens.kernels.forward import (
     _scale_parts,
     _seed_args,
 )
-from attnlens.kernels.launch import INTERPRETED, launchable
+from attnlens.kernels.launch import INTERPRETED, explain_resources, launchable
 from attnlens.kernels.tiles import (
     apply_masks,
     dropout_keep,
@@ -549,33 +549,36 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
 
     delta = torch.empty(lse.shape[:-1], dtype=lse.dtype, device=lse.device)
     cfg = config("backward_preprocess")
-    launchable(_bwd_preprocess_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
-        out, grad_out, delta, q, k, lse, dw, mask, pad, kv_range, seed,
-        *out.stride(), *grad_out.stride(), *q.stride(), *k.stride(), *dw_strides, *mask_strides, *pad_strides,
-        heads_q, group, seqlen_q, seqlen_k, head_dim, head_dim_v,
-        problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-        EVEN_M=seqlen_q % cfg.block_m == 0, EVEN_N=seqlen_k % cfg.block_n == 0,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **common_flags)
+    with explain_resources("backward_preprocess", cfg, q.dtype, width):
+        launchable(_bwd_preprocess_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
+            out, grad_out, delta, q, k, lse, dw, mask, pad, kv_range, seed,
+            *out.stride(), *grad_out.stride(), *q.stride(), *k.stride(), *dw_strides, *mask_strides, *pad_strides,
+            heads_q, group, seqlen_q, seqlen_k, head_dim, head_dim_v,
+            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
+            EVEN_M=seqlen_q % cfg.block_m == 0, EVEN_N=seqlen_k % cfg.block_n == 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **common_flags)
 
     cfg = config("backward_dkdv")
-    launchable(_bwd_dkdv_kernel)[(triton.cdiv(seqlen_k, cfg.block_n), heads_kv, batch)](
-        q, k, v, grad_out, lse, delta, dk, dv, dw, mask, pad, kv_range, seed,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
-        *dw_strides, *mask_strides, *pad_strides,
-        heads_q, group, seqlen_q, seqlen_k, head_dim, head_dim_v,
-        problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale, sm_scale,
-        EVEN_M=seqlen_q % cfg.block_m == 0, EVEN_N=seqlen_k % cfg.block_n == 0,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **common_flags)
+    with explain_resources("backward_dkdv", cfg, q.dtype, width):
+        launchable(_bwd_dkdv_kernel)[(triton.cdiv(seqlen_k, cfg.block_n), heads_kv, batch)](
+            q, k, v, grad_out, lse, delta, dk, dv, dw, mask, pad, kv_range, seed,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
+            *dw_strides, *mask_strides, *pad_strides,
+            heads_q, group, seqlen_q, seqlen_k, head_dim, head_dim_v,
+            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale, sm_scale,
+            EVEN_M=seqlen_q % cfg.block_m == 0, EVEN_N=seqlen_k % cfg.block_n == 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **common_flags)
     cfg = config("backward_dq")
-    launchable(_bwd_dq_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
-        q, k, v, grad_out, lse, delta, dq, dw, mask, pad, kv_range, seed,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
-        *dw_strides, *mask_strides, *pad_strides,
-        heads_q, group, seqlen_q, seqlen_k, head_dim, head_dim_v,
-        problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale, sm_scale,
-        EVEN_M=seqlen_q % cfg.block_m == 0, EVEN_N=seqlen_k % cfg.block_n == 0,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **common_flags)
+    with explain_resources("backward_dq", cfg, q.dtype, width):
+        launchable(_bwd_dq_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
+            q, k, v, grad_out, lse, delta, dq, dw, mask, pad, kv_range, seed,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
+            *dw_strides, *mask_strides, *pad_strides,
+            heads_q, group, seqlen_q, seqlen_k, head_dim, head_dim_v,
+            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale, sm_scale,
+            EVEN_M=seqlen_q % cfg.block_m == 0, EVEN_N=seqlen_k % cfg.block_n == 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **common_flags)
     return dq, dk, dv

@@ -65,8 +65,9 @@ def head_dim_bucket(head_dim: int) -> int:
 
 
 def arch_family(device: torch.device, interpreted: bool) -> str:
-    """``"interpreter"``, ``"sm90"`` (Hopper), ``"sm80"`` (A100), ``"sm8x"`` (consumer Ampere/Ada,
-    less shared memory) or ``"default"`` for anything else."""
+    """``"interpreter"``, ``"sm90"`` (Hopper), ``"sm80"`` (A100), ``"sm8x"`` (other compute
+    capability 8.x and consumer Blackwell 12.x: mma.sync, 99 KiB of shared memory per block on
+    most) or ``"default"`` for anything else."""
     if interpreted or device.type != "cuda":
         return "interpreter"
     major, minor = torch.cuda.get_device_capability(device)
@@ -74,7 +75,7 @@ def arch_family(device: torch.device, interpreted: bool) -> str:
         return "sm90"
     if (major, minor) == (8, 0):
         return "sm80"
-    if major == 8:
+    if major == 8 or major == 12:  # consumer Ampere/Ada/Blackwell: mma.sync, 99 KiB shared memory
         return "sm8x"
     return "default"
 
@@ -98,31 +99,21 @@ for _kernel in KERNELS:
     for _bits in (16, 32, 64):
         _fill("interpreter", _kernel, _bits, {256: _K(64, 64)})
 
-# 16-bit rows. Every sm_90 and sm_80 entry was compiled for its architecture (python -m
-# attnlens.kernels.report --full) and keeps everything in registers: no stack frame, no STL/LDL.
-# Where sm_80 spills with the sm_90 choice (dK/dV at head dims 64 and 128, dQ at 32), it gets
-# narrower tiles. sm8x and default are not checked this way (no such card in the test plan).
-for _family in ("sm90", "sm80", "sm8x", "default"):
-    big_smem = _family in ("sm90", "sm80")
+# sm_90 and sm_80. Every entry was compiled for its architecture (python -m attnlens.kernels.report
+# --full) and keeps everything in registers: no stack frame, no STL/LDL. Where sm_80 spills with
+# the sm_90 choice (dK/dV at head dims 64 and 128, dQ at 32), it gets narrower tiles.
+for _family in ("sm90", "sm80"):
     hopper = _family == "sm90"
-    _fill(_family, "forward", 16, {
-        64: _K(128, 64, 4, 3),
-        128: _K(128, 64, 8, 3) if big_smem else _K(128, 32, 4, 2),
-        256: _K(64, 64, 8, 2) if big_smem else _K(64, 32, 4, 1),
-    })
-    _fill(_family, "weights", 16, {
-        64: _K(128, 64, 4, 2),
-        128: _K(128, 64, 8, 2) if big_smem else _K(64, 64, 4, 2),
-        256: _K(64, 64, 4, 2) if big_smem else _K(64, 32, 4, 1),
-    })
+    _fill(_family, "forward", 16, {64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 64, 8, 2)})
+    _fill(_family, "weights", 16, {64: _K(128, 64, 4, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)})
     _fill(_family, "backward_dkdv", 16, {
-        64: _K(64, 128, 8, 2) if hopper else _K(32, 128, 8, 2) if big_smem else _K(64, 64, 4, 2),
-        128: _K(32, 128, 8, 2) if hopper else _K(32, 64, 8, 2) if big_smem else _K(32, 64, 4, 2),
+        64: _K(64, 128, 8, 2) if hopper else _K(32, 128, 8, 2),
+        128: _K(32, 128, 8, 2) if hopper else _K(32, 64, 8, 2),
         256: _K(32, 32, 8, 2),
     })
     _fill(_family, "backward_dq", 16, {
-        64: _K(128, 64, 8, 2) if hopper else _K(128, 32, 8, 2) if big_smem else _K(64, 64, 4, 2),
-        128: _K(128, 64, 8, 2) if big_smem else _K(64, 32, 4, 2),
+        64: _K(128, 64, 8, 2) if hopper else _K(128, 32, 8, 2),
+        128: _K(128, 64, 8, 2),
         256: _K(64, 32, 8, 2),
     })
     _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
@@ -132,6 +123,23 @@ for _family in ("sm90", "sm80", "sm8x", "default"):
         _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 2), 256: _K(16, 16, 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(32, 16, 8 if _kernel == "backward_dkdv" else 4, 1),
                                      256: _K(16, 16, 8 if backward else 4, 1)})
+
+# sm8x: 99 KiB of shared memory per block, and two ptxas back ends (sm_86/89 and sm_120) that
+# spill at different points; every entry was compiled for sm_86, sm_89 and sm_120 and spills on
+# none. All fit except the fp64 backward above head dim 128, which needs more than 99 KiB at the
+# smallest tile (the launch then raises a RuntimeError saying so). "default" (Turing, Blackwell
+# datacenter parts, anything newer) takes these rows unchecked.
+for _family in ("sm8x", "default"):
+    _fill(_family, "forward", 16, {64: _K(128, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)})
+    _fill(_family, "weights", 16, {64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 32, 4, 1)})
+    _fill(_family, "backward_dkdv", 16, {64: _K(32, 128, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 32, 8, 2)})
+    _fill(_family, "backward_dq", 16, {64: _K(64, 64, 4, 2), 128: _K(64, 32, 4, 2), 256: _K(64, 32, 8, 1)})
+    _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
+    for _kernel in KERNELS:
+        dkdv, dq = _kernel == "backward_dkdv", _kernel == "backward_dq"
+        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 1 if dkdv else 2),
+                                     256: _K(16, 16, 4 if dq else 8, 1)})
+        _fill(_family, _kernel, 64, {64: _K(16, 16, 8, 1) if dkdv else _K(32, 16, 4, 1), 256: _K(16, 16, 8, 1)})
 
 _OVERRIDES: Dict[Optional[str], Dict[str, int]] = {}
 

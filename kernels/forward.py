@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from attnlens.kernels.config import KernelConfig, get_config, head_dim_bucket
-from attnlens.kernels.launch import INTERPRETED, launchable
+from attnlens.kernels.launch import INTERPRETED, explain_resources, launchable
 from attnlens.kernels.tiles import (
     LOG2E,
     MASK_ADDITIVE,
@@ -341,19 +341,20 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     grid = (triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)
-    launchable(_attn_fwd_kernel)[grid](
-        q, k, v, out, lse, mask, pad, kv_range, seed,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides, *pad_strides,
-        heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, head_dim_v,
-        problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-        IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
-        HAS_DROPOUT=has_dropout, EVEN_M=seqlen_q % cfg.block_m == 0,
-        EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk,
-        EVEN_DV=head_dim_v == block_dv, USE_FP64=use_fp64,
-        DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    with explain_resources("forward", cfg, q.dtype, max(head_dim, head_dim_v)):
+        launchable(_attn_fwd_kernel)[grid](
+            q, k, v, out, lse, mask, pad, kv_range, seed,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides, *pad_strides,
+            heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, head_dim_v,
+            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
+            IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
+            HAS_DROPOUT=has_dropout, EVEN_M=seqlen_q % cfg.block_m == 0,
+            EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk,
+            EVEN_DV=head_dim_v == block_dv, USE_FP64=use_fp64,
+            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     return out, lse
 
 
@@ -484,18 +485,19 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, probl
     w_strides = (weights.stride(0), 0, weights.stride(1), weights.stride(2)) if mean else weights.stride()
     num_n_blocks = triton.cdiv(seqlen_k, cfg.block_n)
     grid = (triton.cdiv(seqlen_q, cfg.block_m) * num_n_blocks, 1 if mean else heads_q, batch)
-    launchable(_attn_weights_kernel)[grid](
-        q, k, lse, weights, mask, pad, kv_range, seed,
-        *q.stride(), *k.stride(), *w_strides, *mask_strides, *pad_strides,
-        heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, num_n_blocks,
-        problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-        IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
-        HAS_DROPOUT=has_dropout, HEAD_MEAN=mean, EVEN_M=seqlen_q % cfg.block_m == 0,
-        EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk, USE_FP64=use_fp64,
-        DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    with explain_resources("weights", cfg, q.dtype, head_dim):
+        launchable(_attn_weights_kernel)[grid](
+            q, k, lse, weights, mask, pad, kv_range, seed,
+            *q.stride(), *k.stride(), *w_strides, *mask_strides, *pad_strides,
+            heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, num_n_blocks,
+            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
+            IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
+            HAS_DROPOUT=has_dropout, HEAD_MEAN=mean, EVEN_M=seqlen_q % cfg.block_m == 0,
+            EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk, USE_FP64=use_fp64,
+            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     return weights
 
 

@@ -46,10 +46,10 @@ ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 HEAD_DIM_BUCKETS = (16, 32, 64, 128, 256)
 #: the largest dynamic shared memory a block may use, per compute capability (bytes)
-SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 120: 99 * 1024}
 
 _TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
-_FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90"}
+_FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90", 120: "sm8x"}
 _MMA = ("HGMMA", "HMMA", "DMMA", "IMMA")
 
 

@@ -118,3 +118,20 @@ def test_spills_are_detected():
     (result,) = report.compile_all(report.with_configs([variant], [report.KernelConfig(64, 32, 4, 2)]), jobs=1)
     assert result.error is None, result.error
     assert result.spills and result.local_bytes > 0 and result.spill_stores > 0 and result.spill_loads > 0
+
+
+@pytest.mark.parametrize("arch", [86, 120])
+def test_consumer_card_configs_fit_and_do_not_spill(arch):
+    """The sm8x rows (99 KiB of shared memory per block; compute capability 8.6/8.9 and 12.x, whose
+    ptxas spills at different points) for the kernels and head dims where the earlier rows did not
+    fit (dQ at d=256) or spilled (forward, dK/dV), in fp16. The whole set, every dtype and head dim
+    on sm_86, sm_89 and sm_120, is `report --full --arch 86 --arch 89 --arch 120` (bench/NOTES.md,
+    step 2)."""
+    variants = [v for v in report.default_variants(archs=(arch,), kernels=["forward", "backward_dkdv", "backward_dq"])
+                if v.dtype == "fp16"]
+    assert {v.head_dim for v in variants} == {64, 128, 256}
+    results = report.compile_all(variants, jobs=2)
+    bad = [f"{r.variant.kernel} d={r.variant.head_dim} {r.variant.config}: error={r.error}, "
+           f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
+           for r in results if not r.ok or r.spills]
+    assert not bad, "\n".join(bad)

@@ -1,0 +1,133 @@
+"""Launch configurations: which table row a card gets, how users replace it, and what a launch
+that does not fit the card says.
+
+No GPU is needed: ``torch.cuda.get_device_capability`` is replaced so that every architecture
+family's rows are looked up as they would be on that card.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlens
+from attnlens.kernels import KernelConfig, get_config, launch, override_config
+from attnlens.kernels import config as config_mod
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def capability(monkeypatch):
+    """Pretend the CUDA device has the compute capability given to the returned setter."""
+    def set_capability(major: int, minor: int) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
+    return set_capability
+
+
+@pytest.mark.parametrize("cc, family", [
+    ((9, 0), "sm90"), ((8, 0), "sm80"), ((8, 6), "sm8x"), ((8, 7), "sm8x"), ((8, 9), "sm8x"),
+    ((12, 0), "sm8x"), ((7, 5), "default"), ((10, 0), "default"),
+])
+def test_architecture_family(capability, cc, family):
+    capability(*cc)
+    assert config_mod.arch_family(CUDA, interpreted=False) == family
+    assert config_mod.arch_family(CUDA, interpreted=True) == "interpreter"
+    assert config_mod.arch_family(torch.device("cpu"), interpreted=False) == "interpreter"
+
+
+@pytest.mark.parametrize("cc", [(9, 0), (8, 0), (8, 6), (12, 0), (7, 5)])
+def test_every_kernel_dtype_and_head_dim_has_a_row(capability, cc):
+    capability(*cc)
+    for kernel in config_mod.KERNELS:
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            for head_dim in (1, 16, 17, 64, 65, 96, 128, 129, 200, 256):
+                cfg = get_config(kernel, CUDA, dtype, head_dim)
+                assert isinstance(cfg, KernelConfig), (kernel, dtype, head_dim)
+    with pytest.raises(ValueError, match="head_dim=257"):
+        get_config("forward", CUDA, torch.float16, 257)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        get_config("fwd", CUDA, torch.float16, 64)
+
+
+def test_sm8x_rows_fit_99_kib_where_sm80_rows_do_not(capability):
+    """The consumer cards' rows differ from the A100's where the A100's would not fit 99 KiB of
+    shared memory (dQ at head dim 256) or spill there (forward at head dim 256)."""
+    capability(8, 0)
+    a100 = get_config("backward_dq", CUDA, torch.float16, 256)
+    capability(8, 6)
+    rtx = get_config("backward_dq", CUDA, torch.float16, 256)
+    assert (a100.num_stages, rtx.num_stages) == (2, 1)
+    capability(12, 0)
+    assert get_config("backward_dq", CUDA, torch.float16, 256) == rtx
+
+
+def test_environment_and_override_precedence(capability, monkeypatch):
+    capability(9, 0)
+    table = get_config("forward", CUDA, torch.float16, 64)
+    monkeypatch.setenv("ATTNLENS_CONFIG_FORWARD", "64,32")
+    from_env = get_config("forward", CUDA, torch.float16, 64)
+    assert (from_env.block_m, from_env.block_n) == (64, 32)
+    assert (from_env.num_warps, from_env.num_stages) == (table.num_warps, table.num_stages)
+    with override_config(num_warps=8), override_config("forward", block_n=16):
+        cfg = get_config("forward", CUDA, torch.float16, 64)
+        assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (64, 16, 8)
+        assert get_config("weights", CUDA, torch.float16, 64).num_warps == 8
+    assert get_config("forward", CUDA, torch.float16, 64) == from_env
+    monkeypatch.setenv("ATTNLENS_CONFIG_FORWARD", "64;32")
+    with pytest.raises(ValueError, match="ATTNLENS_CONFIG_FORWARD.*'64;32'"):
+        get_config("forward", CUDA, torch.float16, 64)
+
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(ValueError, match="block_n must be a power of two >= 16, got 48"):
+        KernelConfig(64, 48)
+    with pytest.raises(ValueError, match="num_warps"):
+        KernelConfig(64, 64, 3)
+    with pytest.raises(TypeError, match="unknown fields"):
+        with override_config(block_k=16):
+            pass
+    with pytest.raises(ValueError, match="kernel must be None or one of"):
+        with override_config("fwd", block_m=16):
+            pass
+
+
+def _out_of_resources():
+    return launch.OutOfResources(133120, 101376, "shared memory")
+
+
+def test_out_of_resources_names_the_kernel_and_the_remedy():
+    cfg = KernelConfig(16, 16, 8, 1)
+    with pytest.raises(RuntimeError) as info:
+        with launch.explain_resources("backward_dq", cfg, torch.float16, 256):
+            raise _out_of_resources()
+    message = str(info.value)
+    assert "backward_dq" in message and "block_m=16" in message and "133120 > 101376" in message
+    assert "override_config('backward_dq'" in message and "ATTNLENS_CONFIG_BACKWARD_DQ" in message
+    assert "fp64" not in message
+    assert isinstance(info.value.__cause__, launch.OutOfResources)
+    with pytest.raises(RuntimeError, match="fp64 backward above head dim 128.*use_backend.'reference'"):
+        with launch.explain_resources("backward_dkdv", cfg, torch.float64, 200):
+            raise _out_of_resources()
+
+
+class _Refusing:
+    """Stands in for a kernel whose launch needs more shared memory than the card has."""
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            raise _out_of_resources()
+        return run
+
+
+@pytest.mark.parametrize("module, call, kernel", [
+    ("forward", lambda q: attnlens.scaled_dot_product_attention(q, q, q), "forward"),
+    ("backward", lambda q: attnlens.scaled_dot_product_attention(q, q, q).sum().backward(), "backward_preprocess"),
+])
+def test_a_launch_that_does_not_fit_raises_runtime_error(monkeypatch, module, call, kernel):
+    import importlib
+    mod = importlib.import_module(f"attnlens.kernels.{module}")
+    monkeypatch.setattr(mod, "launchable", lambda fn: _Refusing())
+    q = torch.randn(1, 2, 8, 16, requires_grad=True)
+    with attnlens.use_backend("kernels"), pytest.raises(RuntimeError, match=f"the {kernel} kernel"):
+        call(q)
