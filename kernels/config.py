@@ -38,13 +38,16 @@ class KernelConfig:
 
     ``block_m`` tiles the query rows a program owns, ``block_n`` the keys streamed per step;
     both must be powers of two and at least 16 (a ``tl.dot`` smaller than 16 compiles in the
-    interpreter but not for a GPU).
+    interpreter but not for a GPU). ``tma`` (forward only, off in every table row until a GPU run
+    shows it pays) reads Q, K and V through tensor descriptors on compute capability 9.x and newer
+    where the inputs allow it (``attnlens.kernels.forward.tma_eligible``); other kernels ignore it.
     """
 
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -55,6 +58,8 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
             raise ValueError(f"KernelConfig.num_stages must be a positive int, got {self.num_stages!r}")
+        if not isinstance(self.tma, bool):
+            raise TypeError(f"KernelConfig.tma must be a bool, got {type(self.tma).__name__}")
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -141,7 +146,7 @@ for _family in ("sm8x", "default"):
                                      256: _K(16, 16, 4 if dq else 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(16, 16, 8, 1) if dkdv else _K(32, 16, 4, 1), 256: _K(16, 16, 8, 1)})
 
-_OVERRIDES: Dict[Optional[str], Dict[str, int]] = {}
+_OVERRIDES: Dict[Optional[str], Dict[str, object]] = {}
 
 
 def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
@@ -179,13 +184,13 @@ def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: 
 
 
 @contextlib.contextmanager
-def override_config(kernel: Optional[str] = None, **fields: int) -> Iterator[None]:
+def override_config(kernel: Optional[str] = None, **fields: object) -> Iterator[None]:
     """Replace configuration fields for every kernel (``kernel=None``) or one kernel::
 
         with override_config(block_m=16, block_n=16):
             attnlens.scaled_dot_product_attention(q, k, v)
 
-    Fields: ``block_m``, ``block_n``, ``num_warps``, ``num_stages``.
+    Fields: ``block_m``, ``block_n``, ``num_warps``, ``num_stages``, ``tma``.
     """
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"kernel must be None or one of {KERNELS}, got {kernel!r}")

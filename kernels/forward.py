@@ -18,8 +18,9 @@ broadcasts; never expanded in memory), ``key_padding_mask`` bool ``[B, Nk]`` (Tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import triton
@@ -134,6 +135,54 @@ def _seed_args(problem: AttentionProblem, fallback: torch.Tensor):
     return problem.seed, True, float(problem.dropout_p), keep_scale
 
 
+def tma_eligible(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels may read these ``[B, H, N, D]`` tensors through tensor descriptors
+    (TMA): 16-bit CUDA tensors on compute capability 9.x or newer, or any 16-bit tensor under the
+    interpreter (so the tests run the path), with unit stride along D and every other stride and
+    the base address a multiple of 16 bytes. Other calls take the pointer path, which computes
+    the same result."""
+    for t in tensors:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.stride(-1) != 1:
+            return False
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    if INTERPRETED:
+        return True
+    device = tensors[0].device
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    try:  # a torch.compile graph cannot yet pass the descriptors' scratch allocator through
+        return not torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return True
+
+
+@contextlib.contextmanager
+def _descriptor_scratch(device: torch.device, needed: bool) -> Iterator[None]:
+    """Tensor descriptors made inside a kernel live in a small global scratch buffer that Triton
+    asks its allocator for at launch. Supply one from torch's caching allocator for this launch
+    when the caller has not set their own (``triton.set_allocator``)."""
+    if not needed or INTERPRETED:
+        yield
+        return
+    from triton.runtime import _allocation
+
+    current = _allocation._allocator.get()
+    if not isinstance(current, _allocation.NullAllocator):
+        yield
+        return
+
+    def allocate(size: int, alignment: int, stream) -> torch.Tensor:
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    token = _allocation._allocator.set(allocate)
+    try:
+        yield
+    finally:
+        _allocation._allocator.reset(token)
+
+
 def _check_grid(batch: int, heads: int) -> None:
     if batch > _MAX_GRID_YZ or heads > _MAX_GRID_YZ:
         raise ValueError(f"batch ({batch}) and query heads ({heads}) must each be at most {_MAX_GRID_YZ}")
@@ -153,7 +202,7 @@ def lse_to_natural(lse: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, mask_base, pad_base, seed, rng_stream,
+def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, pad_base, seed, rng_stream,
                   offs_m, offs_d, offs_dv, lo, hi,
                   stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim,
                   stride_mask_q, stride_mask_k, stride_pad_k,
@@ -163,15 +212,20 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, mask_base, pad_base, seed, r
                   HAS_PADDING: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                   EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_DQK: tl.constexpr,
                   EVEN_DV: tl.constexpr, USE_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+                  USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online softmax over key blocks [lo, hi). With BOUNDARY=False every block lies wholly
-    inside the keys and wholly below the causal diagonal, so no bound or causal test is made."""
+    inside the keys and wholly below the causal diagonal, so no bound or causal test is made.
+    With USE_TMA, K and V tiles come through the tensor descriptors (zeros outside the keys and
+    head dims, as the masked loads give) instead of the pointers."""
     CHECK_N: tl.constexpr = BOUNDARY and not EVEN_N
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_n64 = offs_n.to(tl.int64)
-        k_ptrs = k_base + offs_n64[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim
-        k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, CHECK_N)
+        if USE_TMA:
+            k_t = tl.trans(k_desc.load([start_n, 0]))
+        else:
+            k_ptrs = k_base + offs_n64[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim
+            k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, CHECK_N)
         s = scaled_scores(q, k_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
         s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
                         pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
@@ -185,8 +239,11 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, mask_base, pad_base, seed, r
         if HAS_DROPOUT:
             keep = dropout_keep(seed, rng_stream, offs_m[:, None], offs_n[None, :], dropout_p)
             p = tl.where(keep, p * keep_scale, 0.0)
-        v_ptrs = v_base + offs_n64[:, None] * stride_v_seq + offs_dv[None, :] * stride_v_dim
-        v = load_tile(v_ptrs, offs_n[:, None], offs_dv[None, :], seqlen_k, head_dim_v, CHECK_N, not EVEN_DV)
+        if USE_TMA:
+            v = v_desc.load([start_n, 0])
+        else:
+            v_ptrs = v_base + offs_n64[:, None] * stride_v_seq + offs_dv[None, :] * stride_v_dim
+            v = load_tile(v_ptrs, offs_n[:, None], offs_dv[None, :], seqlen_k, head_dim_v, CHECK_N, not EVEN_DV)
         acc = acc * alpha[:, None] + matmul(p.to(v.dtype), v, USE_FP64, DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -206,10 +263,14 @@ def _attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, HAS_PADDING: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, USE_FP64: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """Attention output and log-sum-exp for BLOCK_M query rows of one (batch, head).
+
+    USE_TMA: load the Q, K and V tiles through tensor descriptors made in the kernel (Hopper's
+    copy engine) instead of pointer arithmetic; the launcher asks for it only where the
+    descriptors' rules hold (unit stride along the head dim, 16-byte aligned bases and strides).
 
     q_ptr      [B, Hq, Nq, Dqk]   any strides
     k_ptr      [B, Hkv, Nk, Dqk]  any strides; query head h reads key head h // kv_group_size
@@ -242,8 +303,19 @@ def _attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q_ptrs = q_base + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim
-    q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
+    if USE_TMA:
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[seqlen_q, head_dim], strides=[stride_q_seq, 1],
+                                           block_shape=[BLOCK_M, BLOCK_DQK])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[seqlen_k, head_dim], strides=[stride_k_seq, 1],
+                                           block_shape=[BLOCK_N, BLOCK_DQK])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[seqlen_k, head_dim_v], strides=[stride_v_seq, 1],
+                                           block_shape=[BLOCK_N, BLOCK_DV])
+        q = q_desc.load([start_m, 0])
+    else:
+        k_desc = k_base
+        v_desc = v_base
+        q_ptrs = q_base + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim
+        q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
 
     seed = 0
     if HAS_DROPOUT:
@@ -265,19 +337,19 @@ def _attn_fwd_kernel(
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
 
     acc, l_i, m_i = _fwd_key_loop(
-        acc, l_i, m_i, q, k_base, v_base, mask_base, pad_base, seed, rng_stream,
+        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, pad_base, seed, rng_stream,
         offs_m, offs_d, offs_dv, lo, full_end,
         stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k, stride_pad_k,
         seqlen_q, seqlen_k, head_dim, head_dim_v, causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
         False, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_DROPOUT, EVEN_M, EVEN_N, EVEN_DQK, EVEN_DV,
-        USE_FP64, DOT_PRECISION, BLOCK_N)
+        USE_FP64, DOT_PRECISION, USE_TMA, BLOCK_N)
     acc, l_i, m_i = _fwd_key_loop(
-        acc, l_i, m_i, q, k_base, v_base, mask_base, pad_base, seed, rng_stream,
+        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, pad_base, seed, rng_stream,
         offs_m, offs_d, offs_dv, full_end, hi,
         stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k, stride_pad_k,
         seqlen_q, seqlen_k, head_dim, head_dim_v, causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
         True, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_DROPOUT, EVEN_M, EVEN_N, EVEN_DQK, EVEN_DV,
-        USE_FP64, DOT_PRECISION, BLOCK_N)
+        USE_FP64, DOT_PRECISION, USE_TMA, BLOCK_N)
 
     # A row with nothing to attend to has l = 0 and acc = 0: output 0, m = -inf and log(l) = 0.
     # m and log(l) are stored apart: in fp32, m + log(l) drops log(l) once |m| is large.
@@ -341,7 +413,9 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     grid = (triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)
-    with explain_resources("forward", cfg, q.dtype, max(head_dim, head_dim_v)):
+    use_tma = cfg.tma and tma_eligible(q, k, v)
+    with explain_resources("forward", cfg, q.dtype, max(head_dim, head_dim_v)), \
+            _descriptor_scratch(q.device, use_tma):
         launchable(_attn_fwd_kernel)[grid](
             q, k, v, out, lse, mask, pad, kv_range, seed,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides, *pad_strides,
@@ -351,7 +425,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             HAS_DROPOUT=has_dropout, EVEN_M=seqlen_q % cfg.block_m == 0,
             EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk,
             EVEN_DV=head_dim_v == block_dv, USE_FP64=use_fp64,
-            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
+            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32), USE_TMA=use_tma,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )

@@ -51,6 +51,7 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 12
 _TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 _FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90", 120: "sm8x"}
 _MMA = ("HGMMA", "HMMA", "DMMA", "IMMA")
+_TMA_LOAD = "UTMALDG"  # a tensor-descriptor (TMA) load in sm_90 SASS
 
 
 def _kernel_functions() -> Dict[str, object]:
@@ -186,7 +187,7 @@ def default_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[st
                 for head_dim in dims:
                     v = _make_variant(kernel, arch, dtype, head_dim, 0)
                     flags = tuple((n, (True if n.startswith("EVEN_") else val)) for n, val in v.flags)
-                    out.append(dataclasses.replace(v, flags=flags))
+                    out.append(dataclasses.replace(v, flags=_with_tma_flag(flags, v.config)))
     return out
 
 
@@ -200,21 +201,30 @@ def coverage_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[s
 
 
 def parse_config(text: str) -> KernelConfig:
-    """``"128x64x4x3"`` (block_m x block_n x num_warps x num_stages; warps and stages optional)."""
+    """``"128x64x4x3"`` (block_m x block_n x num_warps x num_stages; warps and stages optional),
+    with ``+tma`` at the end for tensor-descriptor loads (``KernelConfig.tma``)."""
+    body, plus, extra = text.lower().partition("+")
+    if plus and extra != "tma":
+        raise ValueError(f"a configuration ends in nothing or '+tma', got {text!r}")
     try:
-        fields = [int(x) for x in text.lower().split("x")]
+        fields = [int(x) for x in body.split("x")]
         if not 2 <= len(fields) <= 4:
             raise ValueError
     except ValueError:
-        raise ValueError(f"a configuration is 'BLOCK_MxBLOCK_N[xWARPS[xSTAGES]]', e.g. '128x64x4x3', "
+        raise ValueError(f"a configuration is 'BLOCK_MxBLOCK_N[xWARPS[xSTAGES]][+tma]', e.g. '128x64x4x3', "
                          f"got {text!r}") from None
-    return KernelConfig(*fields)
+    return KernelConfig(*fields, tma=bool(plus))
 
 
 def with_configs(variants: Sequence[Variant], configs: Sequence[KernelConfig]) -> List[Variant]:
     """Each variant once per configuration, in place of the table's: what a candidate would cost in
     registers, spills and shared memory before it is timed."""
-    return [dataclasses.replace(v, config=c) for v in variants for c in configs]
+    return [dataclasses.replace(v, config=c, flags=_with_tma_flag(v.flags, c)) for v in variants for c in configs]
+
+
+def _with_tma_flag(flags: Tuple[Tuple[str, object], ...], config: KernelConfig) -> Tuple[Tuple[str, object], ...]:
+    """A kernel with a USE_TMA flag compiles it as its configuration says."""
+    return tuple((name, config.tma if name == "USE_TMA" else value) for name, value in flags)
 
 
 def _signature(v: Variant):
@@ -286,7 +296,7 @@ def compile_variant(v: Variant) -> CompileResult:
     local = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
     stores = len(re.findall(r"\bSTL(?:\.\w+)*\b", sass))
     loads = len(re.findall(r"\bLDL(?:\.\w+)*\b", sass))
-    counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA) + r")\b", sass))
+    counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA + (_TMA_LOAD,)) + r")\b", sass))
     return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts),
                          spill_stores=stores, spill_loads=loads)
 
@@ -345,7 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--head-dim", type=int, action="append", help="only these head dims (repeatable)")
     parser.add_argument("--config", action="append", type=parse_config, metavar="MxNxWxS",
                         help="compile with this configuration instead of the table's (repeatable): "
-                             "block_m x block_n x warps x stages, e.g. 128x64x4x3")
+                             "block_m x block_n x warps x stages, e.g. 128x64x4x3; "
+                             "add +tma for tensor-descriptor loads")
     parser.add_argument("--jobs", type=int, default=0, help="parallel compiles (default: CPU count)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)

@@ -359,3 +359,79 @@ def test_float32_mask_minimum_with_fp16_inputs_is_a_bias_on_both_paths():
         assert torch.equal(w[0, :, 1].float(), torch.full((2, 7), 1 / 7, dtype=torch.float16).float())
         assert (w[0, :, 2, 3] == 0).all()
     assert (out.float() - ref_out.float()).abs().max() < 2e-3
+
+
+class TestTensorDescriptorPath:
+    """``KernelConfig.tma``: the forward reads Q, K and V through tensor descriptors (TMA on
+    Hopper; the interpreter runs the same kernel code). The descriptors bound every load by the
+    tensor's own shape, so odd lengths, padded head dims, GQA, masks and NaN slack must come out
+    as on the pointer path, bitwise."""
+
+    @pytest.fixture
+    def launches(self, monkeypatch):
+        """The USE_TMA value of every forward launch."""
+        from attnlens.kernels import forward as fwd
+        seen, real = [], fwd.launchable
+
+        def spy(kernel):
+            launcher = real(kernel)
+
+            class Recorder:
+                def __getitem__(self, grid):
+                    def run(*args, **kwargs):
+                        if "USE_TMA" in kwargs:
+                            seen.append(kwargs["USE_TMA"])
+                        return launcher[grid](*args, **kwargs)
+                    return run
+            return Recorder()
+        monkeypatch.setattr(fwd, "launchable", spy)
+        return seen
+
+    @pytest.mark.parametrize("case", [
+        dict(shape=(1, 2, 37, 53, 40), kwargs=dict(is_causal=True)),
+        dict(shape=(2, 6, 29, 41, 24), heads_kv=3,
+             kwargs=dict(is_causal=True, causal_alignment="bottom_right", enable_gqa=True)),
+        dict(shape=(3, 2, 19, 130, 16), kwargs=dict(mask="float", padding=True)),
+        dict(shape=(1, 1, 64, 64, 128), kwargs=dict()),
+    ])
+    def test_matches_the_reference_and_the_pointer_path(self, launches, case):
+        batch, heads, seqlen_q, seqlen_k, head_dim = case["shape"]
+        q, k, v = make_qkv(batch, heads, seqlen_q, seqlen_k, head_dim, torch.float16,
+                           heads_kv=case.get("heads_kv", heads))
+        kwargs = dict(case["kwargs"])
+        if kwargs.pop("mask", None):
+            kwargs["attn_mask"] = _masks("float", batch, heads, seqlen_q, seqlen_k, torch.float16)
+        if kwargs.pop("padding", False):
+            kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
+        with override_config(block_m=16, block_n=16, tma=True):
+            with_tma = check(q, k, v, **kwargs)
+        assert launches and all(launches)
+        with override_config(block_m=16, block_n=16):
+            pointers = run_kernels(q, k, v, **kwargs)
+        assert_equal("out", with_tma[0], pointers[0])
+        assert_equal("weights", with_tma[1], pointers[2])
+
+    def test_poisoned_and_transposed_views(self, launches):
+        q, k, v = make_qkv(2, 3, 37, 51, 40, torch.float16)
+        # slack keeps every stride a multiple of 16 bytes (the last dim grows 40 -> 48), so the
+        # views stay eligible and any read past a bound would bring NaN in
+        dirty = [poisoned_like(q, (1, 1, 7, 8)), poisoned_like(k, (1, 2, 5, 8)), poisoned_like(v, (2, 1, 11, 8))]
+        transposed = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+        with override_config(block_m=16, block_n=32, tma=True):
+            clean = run_kernels(q, k, v, is_causal=True)
+            for views in (dirty, transposed):
+                got = run_kernels(*views, is_causal=True)
+                for name, a, b in zip(("out", "lse", "weights", "mean"), got, clean):
+                    assert_equal(name, a, b)
+        assert len(launches) == 3 and all(launches)
+
+    def test_ineligible_inputs_take_the_pointer_path(self, launches):
+        from attnlens.kernels.forward import tma_eligible
+        q, k, v = make_qkv(1, 2, 33, 33, 59, torch.float16)   # rows of 118 bytes: not 16-byte aligned
+        q32, k32, v32 = make_qkv(1, 2, 33, 33, 64, torch.float32)  # not a 16-bit dtype
+        assert not tma_eligible(q, k, v) and not tma_eligible(q32, k32, v32)
+        assert not tma_eligible(q[..., 1:], k[..., 1:], v[..., 1:])  # base address off by 2 bytes
+        with override_config(block_m=16, block_n=16, tma=True):
+            check(q, k, v, is_causal=True)
+            check(q32, k32, v32)
+        assert launches == [False, False]
