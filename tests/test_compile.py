@@ -91,8 +91,9 @@ def test_candidate_configurations():
     table's: the tool for reading a tuning step's cost before timing it."""
     assert report.parse_config("128x64x8x3") == report.KernelConfig(128, 64, 8, 3)
     assert report.parse_config("64X32") == report.KernelConfig(64, 32)
-    for bad in ("128", "128x64x4x3x1", "axb", "128x48"):
-        with pytest.raises(ValueError, match="128x64|power of two"):
+    assert report.parse_config("128x64x8x3+tma") == report.KernelConfig(128, 64, 8, 3, tma=True)
+    for bad in ("128", "128x64x4x3x1", "axb", "128x48", "128x64+tmax"):
+        with pytest.raises(ValueError, match="128x64|power of two|'\\+tma'"):
             report.parse_config(bad)
     base = [v for v in report.default_variants(archs=(90,), kernels=["forward"]) if v.dtype == "fp16"]
     configs = [report.KernelConfig(64, 64, 4, 2), report.KernelConfig(128, 128, 8, 3)]
@@ -135,3 +136,16 @@ def test_consumer_card_configs_fit_and_do_not_spill(arch):
            f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
            for r in results if not r.ok or r.spills]
     assert not bad, "\n".join(bad)
+
+
+def test_descriptor_loads_reach_the_sass():
+    """``+tma`` compiles the forward's USE_TMA path: TMA loads (UTMALDG) feeding wgmma (HGMMA) on
+    sm_90, without spills; the table's own configurations do not use it."""
+    (variant,) = [v for v in report.default_variants(archs=(90,), kernels=["forward"])
+                  if v.dtype == "fp16" and v.head_dim == 128]
+    (result,) = report.compile_all(report.with_configs([variant], [report.parse_config("128x64x8x3+tma")]), jobs=1)
+    assert result.variant.flag_dict["USE_TMA"] is True and result.error is None, result.error
+    assert result.mma.get("UTMALDG", 0) > 0 and result.mma.get("HGMMA", 0) > 0, result.mma
+    assert not result.spills
+    assert not any(v.config.tma or v.flag_dict["USE_TMA"]
+                   for v in report.default_variants(archs=(80, 90), kernels=["forward"], full=True))
