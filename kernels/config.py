@@ -155,7 +155,8 @@ def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: 
     larger of the query/key and value head dimensions ``head_dim``.
 
     Order of precedence: ``override_config`` (innermost wins), then the environment variable
-    ``ATTNLENS_CONFIG_<KERNEL>="block_m,block_n,num_warps,num_stages"``, then the table.
+    ``ATTNLENS_CONFIG_<KERNEL>="block_m,block_n,num_warps,num_stages"`` (``,tma`` at the end turns
+    on ``KernelConfig.tma``), then the table.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -171,12 +172,19 @@ def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: 
         raise ValueError(f"no {kernel} configuration for {family}, {dtype}, head_dim={head_dim}")
     env = os.environ.get(f"ATTNLENS_CONFIG_{kernel.upper()}")
     if env:
+        parts = [x.strip() for x in env.split(",")]
+        tma = parts[-1].lower() == "tma"
         try:
-            fields = [int(x) for x in env.split(",")]
+            fields = [int(x) for x in (parts[:-1] if tma else parts)]
+            if not 1 <= len(fields) <= 4:
+                raise ValueError
         except ValueError:
             raise ValueError(f"ATTNLENS_CONFIG_{kernel.upper()} must be comma-separated ints "
-                             f"'block_m,block_n[,num_warps[,num_stages]]', got {env!r}") from None
+                             f"'block_m,block_n[,num_warps[,num_stages]]', optionally ending in ',tma', "
+                             f"got {env!r}") from None
         cfg = dataclasses.replace(cfg, **dict(zip(("block_m", "block_n", "num_warps", "num_stages"), fields)))
+        if tma:
+            cfg = dataclasses.replace(cfg, tma=True)
     for key in (None, kernel):
         if key in _OVERRIDES:
             cfg = dataclasses.replace(cfg, **_OVERRIDES[key])

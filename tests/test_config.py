@@ -74,8 +74,13 @@ def test_environment_and_override_precedence(capability, monkeypatch):
         assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (64, 16, 8)
         assert get_config("weights", CUDA, torch.float16, 64).num_warps == 8
     assert get_config("forward", CUDA, torch.float16, 64) == from_env
+    monkeypatch.setenv("ATTNLENS_CONFIG_FORWARD", "128,64,8,3,tma")
+    assert get_config("forward", CUDA, torch.float16, 64) == KernelConfig(128, 64, 8, 3, tma=True)
     monkeypatch.setenv("ATTNLENS_CONFIG_FORWARD", "64;32")
     with pytest.raises(ValueError, match="ATTNLENS_CONFIG_FORWARD.*'64;32'"):
+        get_config("forward", CUDA, torch.float16, 64)
+    monkeypatch.setenv("ATTNLENS_CONFIG_FORWARD", "64,32,4,2,1")
+    with pytest.raises(ValueError, match="ATTNLENS_CONFIG_FORWARD"):
         get_config("forward", CUDA, torch.float16, 64)
 
 
@@ -84,6 +89,8 @@ def test_bad_configurations_are_refused():
         KernelConfig(64, 48)
     with pytest.raises(ValueError, match="num_warps"):
         KernelConfig(64, 64, 3)
+    with pytest.raises(TypeError, match="tma must be a bool"):
+        KernelConfig(64, 64, tma=1)
     with pytest.raises(TypeError, match="unknown fields"):
         with override_config(block_k=16):
             pass
