@@ -147,6 +147,8 @@ def tma_eligible(*tensors: torch.Tensor) -> bool:
         size = t.element_size()
         if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
             return False
+        if t.shape[-2] > 1 and t.stride(-2) <= 0:  # a descriptor's row stride must be positive
+            return False
     if INTERPRETED:
         return True
     device = tensors[0].device

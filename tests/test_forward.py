@@ -431,6 +431,8 @@ class TestTensorDescriptorPath:
         q32, k32, v32 = make_qkv(1, 2, 33, 33, 64, torch.float32)  # not a 16-bit dtype
         assert not tma_eligible(q, k, v) and not tma_eligible(q32, k32, v32)
         assert not tma_eligible(q[..., 1:], k[..., 1:], v[..., 1:])  # base address off by 2 bytes
+        rows = torch.randn(1, 2, 1, 64, dtype=torch.float16)
+        assert not tma_eligible(rows.expand(1, 2, 33, 64))  # one key row repeated: row stride 0
         with override_config(block_m=16, block_n=16, tma=True):
             check(q, k, v, is_causal=True)
             check(q32, k32, v32)
