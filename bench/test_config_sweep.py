@@ -61,12 +61,14 @@ _GPU_CANDIDATES: Dict[str, List[Tuple[int, int, int, int]]] = {
     "backward_dq": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 32, 4, 2), (128, 64, 8, 2),
                     (128, 64, 8, 3), (128, 128, 8, 2)],
 }
-# The forward with Q, K and V read through tensor descriptors (KernelConfig.tma; sm_90 only: other
-# cards take the pointer path, so these then time the same kernel as their pointer twins). The
+# KernelConfig.tma: the forward reading Q, K and V through tensor descriptors, the weights kernel
+# writing its tiles through one (sm_90 and newer only: other cards take the pointer path, so these
+# then time the same kernel as their pointer twins; the weights need N_k a multiple of 8). The
 # compile report shows the descriptors freeing registers: 139 instead of 166 at d=128 for
 # 128x64x8x3, and 128x128 tiles spill-free at 187 (bench/NOTES.md, step 3).
 _GPU_TMA_CANDIDATES: Dict[str, List[Tuple[int, int, int, int]]] = {
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    "weights": [(128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2)],
 }
 _CPU_CANDIDATES = {kernel: [(16, 16, 4, 1), (32, 16, 4, 1)] for kernel in KERNEL_OPS}
 _CPU_TMA_CANDIDATES = {"forward": [(16, 16, 4, 1)]}
@@ -123,6 +125,16 @@ def _max_rel_error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
     return max(rel_error(g, w) for g, w in zip(got, want))
 
 
+def _tma_used(kernel: str, cfg: KernelConfig, case: Case, t: Dict[str, torch.Tensor]) -> bool:
+    """Whether the candidate's tensor descriptors are really used on this machine and case."""
+    if not cfg.tma:
+        return False
+    if kernel == "forward":
+        return tma_eligible(t["q"], t["k"], t["v"])
+    # the weights [B, H, N, N] are 16-byte aligned row by row when N is a multiple of 8
+    return kernel == "weights" and tma_eligible(t["q"]) and case.seqlen % 8 == 0
+
+
 def _does_not_fit(exc: BaseException) -> bool:
     """Triton's OutOfResources, bare or as the cause of attnlens's RuntimeError about it."""
     from attnlens.kernels.launch import OutOfResources
@@ -167,7 +179,7 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
             "impl": "attnlens-sweep", "op": op, "case": case.id, "kernel": kernel, "config": config_label(cfg),
             "default_config": config_label(default), "is_default": spec == "default",
             "max_rel_error_vs_default": error, "attnlens_path": attnlens.selected_backend(env.device),
-            "tma_used": bool(cfg.tma and tma_eligible(sets[0]["q"], sets[0]["k"], sets[0]["v"])),
+            "tma_used": _tma_used(kernel, cfg, case, sets[0]),
             **case.params(),
         }
         measure(benchmark, env, call, rotation(sets), info)

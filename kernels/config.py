@@ -38,9 +38,10 @@ class KernelConfig:
 
     ``block_m`` tiles the query rows a program owns, ``block_n`` the keys streamed per step;
     both must be powers of two and at least 16 (a ``tl.dot`` smaller than 16 compiles in the
-    interpreter but not for a GPU). ``tma`` (forward only, off in every table row until a GPU run
-    shows it pays) reads Q, K and V through tensor descriptors on compute capability 9.x and newer
-    where the inputs allow it (``attnlens.kernels.forward.tma_eligible``); other kernels ignore it.
+    interpreter but not for a GPU). ``tma`` (off in every table row until a GPU run shows it pays)
+    uses tensor descriptors on compute capability 9.x and newer where the tensors allow it
+    (``attnlens.kernels.forward.tma_eligible``): the forward reads Q, K and V through them, the
+    weights kernel writes its tiles through one; the backward kernels ignore it.
     """
 
     block_m: int

@@ -452,11 +452,14 @@ def _attn_weights_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, HAS_PADDING: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, HEAD_MEAN: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_DQK: tl.constexpr, USE_FP64: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
 ):
     """Exact attention probabilities for one [BLOCK_M, BLOCK_N] tile, from the saved row
     statistics: exp((s - m) - log(l)).
+
+    USE_TMA: write the tile with one tensor-descriptor (TMA) store instead of per-thread stores;
+    the launcher asks for it only where the weights' rows are 16-byte aligned.
 
     q_ptr    [B, Hq, Nq, Dqk], k_ptr [B, Hkv, Nk, Dqk]   any strides
     lse_ptr  [B, Hq, Nq, 2] contiguous (row max, log row sum), as the forward wrote it
@@ -530,9 +533,15 @@ def _attn_weights_kernel(
         w_head = 0
     else:
         w_head = head_lo.to(tl.int64)
-    w_ptrs = (w_ptr + b64 * stride_w_batch + w_head * stride_w_head
-              + offs_m.to(tl.int64)[:, None] * stride_w_q + offs_n.to(tl.int64)[None, :] * stride_w_k)
-    store_tile(w_ptrs, total, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, not EVEN_M, not EVEN_N)
+    w_base = w_ptr + b64 * stride_w_batch + w_head * stride_w_head
+    if USE_TMA:
+        # one bulk asynchronous store of the tile; the hardware clips it to [seqlen_q, seqlen_k]
+        w_desc = tl.make_tensor_descriptor(w_base, shape=[seqlen_q, seqlen_k], strides=[stride_w_q, 1],
+                                           block_shape=[BLOCK_M, BLOCK_N])
+        w_desc.store([start_m, start_n], total.to(w_ptr.dtype.element_ty))
+    else:
+        w_ptrs = (w_base + offs_m.to(tl.int64)[:, None] * stride_w_q + offs_n.to(tl.int64)[None, :] * stride_w_k)
+        store_tile(w_ptrs, total, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, not EVEN_M, not EVEN_N)
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, problem: AttentionProblem,
@@ -559,9 +568,10 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, probl
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     w_strides = (weights.stride(0), 0, weights.stride(1), weights.stride(2)) if mean else weights.stride()
+    use_tma = cfg.tma and tma_eligible(weights.view(batch, -1, seqlen_q, seqlen_k))
     num_n_blocks = triton.cdiv(seqlen_k, cfg.block_n)
     grid = (triton.cdiv(seqlen_q, cfg.block_m) * num_n_blocks, 1 if mean else heads_q, batch)
-    with explain_resources("weights", cfg, q.dtype, head_dim):
+    with explain_resources("weights", cfg, q.dtype, head_dim), _descriptor_scratch(q.device, use_tma):
         launchable(_attn_weights_kernel)[grid](
             q, k, lse, weights, mask, pad, kv_range, seed,
             *q.stride(), *k.stride(), *w_strides, *mask_strides, *pad_strides,
@@ -570,7 +580,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, probl
             IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
             HAS_DROPOUT=has_dropout, HEAD_MEAN=mean, EVEN_M=seqlen_q % cfg.block_m == 0,
             EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk, USE_FP64=use_fp64,
-            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
+            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32), USE_TMA=use_tma,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )

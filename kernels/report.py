@@ -51,7 +51,7 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 12
 _TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 _FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90", 120: "sm8x"}
 _MMA = ("HGMMA", "HMMA", "DMMA", "IMMA")
-_TMA_LOAD = "UTMALDG"  # a tensor-descriptor (TMA) load in sm_90 SASS
+_TMA = ("UTMALDG", "UTMASTG")  # tensor-descriptor (TMA) loads and stores in sm_90 SASS
 
 
 def _kernel_functions() -> Dict[str, object]:
@@ -296,7 +296,7 @@ def compile_variant(v: Variant) -> CompileResult:
     local = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
     stores = len(re.findall(r"\bSTL(?:\.\w+)*\b", sass))
     loads = len(re.findall(r"\bLDL(?:\.\w+)*\b", sass))
-    counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA + (_TMA_LOAD,)) + r")\b", sass))
+    counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA + _TMA) + r")\b", sass))
     return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts),
                          spill_stores=stores, spill_loads=loads)
 

@@ -139,8 +139,9 @@ def test_consumer_card_configs_fit_and_do_not_spill(arch):
 
 
 def test_descriptor_loads_reach_the_sass():
-    """``+tma`` compiles the forward's USE_TMA path: TMA loads (UTMALDG) feeding wgmma (HGMMA) on
-    sm_90, without spills; the table's own configurations do not use it."""
+    """``+tma`` compiles the USE_TMA paths: the forward's TMA loads (UTMALDG) feeding wgmma (HGMMA)
+    and the weights kernel's TMA store (UTMASTG) on sm_90, without spills; the table's own
+    configurations do not use them."""
     (variant,) = [v for v in report.default_variants(archs=(90,), kernels=["forward"])
                   if v.dtype == "fp16" and v.head_dim == 128]
     (result,) = report.compile_all(report.with_configs([variant], [report.parse_config("128x64x8x3+tma")]), jobs=1)
@@ -148,4 +149,8 @@ def test_descriptor_loads_reach_the_sass():
     assert result.mma.get("UTMALDG", 0) > 0 and result.mma.get("HGMMA", 0) > 0, result.mma
     assert not result.spills
     assert not any(v.config.tma or v.flag_dict["USE_TMA"]
-                   for v in report.default_variants(archs=(80, 90), kernels=["forward"], full=True))
+                   for v in report.default_variants(archs=(80, 90), kernels=["forward", "weights"], full=True))
+    (variant,) = [v for v in report.default_variants(archs=(90,), kernels=["weights"])
+                  if v.dtype == "bf16" and v.head_dim == 64]
+    (result,) = report.compile_all(report.with_configs([variant], [report.parse_config("128x64x4x2+tma")]), jobs=1)
+    assert result.mma.get("UTMASTG", 0) > 0 and result.mma.get("HGMMA", 0) > 0 and not result.spills, result.mma

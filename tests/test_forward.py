@@ -362,25 +362,27 @@ def test_float32_mask_minimum_with_fp16_inputs_is_a_bias_on_both_paths():
 
 
 class TestTensorDescriptorPath:
-    """``KernelConfig.tma``: the forward reads Q, K and V through tensor descriptors (TMA on
-    Hopper; the interpreter runs the same kernel code). The descriptors bound every load by the
-    tensor's own shape, so odd lengths, padded head dims, GQA, masks and NaN slack must come out
-    as on the pointer path, bitwise."""
+    """``KernelConfig.tma``: the forward reads Q, K and V through tensor descriptors and the
+    weights kernel writes its tiles through one (TMA on Hopper; the interpreter runs the same
+    kernel code). The descriptors bound every load and store by the tensor's own shape, so odd
+    lengths, padded head dims, GQA, masks and NaN slack must come out as on the pointer path,
+    bitwise."""
 
     @pytest.fixture
     def launches(self, monkeypatch):
-        """The USE_TMA value of every forward launch."""
+        """(kernel name, USE_TMA) for every forward and weights launch."""
         from attnlens.kernels import forward as fwd
         seen, real = [], fwd.launchable
 
         def spy(kernel):
             launcher = real(kernel)
+            name = "weights" if "weights" in kernel.fn.__name__ else "forward"
 
             class Recorder:
                 def __getitem__(self, grid):
                     def run(*args, **kwargs):
                         if "USE_TMA" in kwargs:
-                            seen.append(kwargs["USE_TMA"])
+                            seen.append((name, kwargs["USE_TMA"]))
                         return launcher[grid](*args, **kwargs)
                     return run
             return Recorder()
@@ -393,6 +395,7 @@ class TestTensorDescriptorPath:
              kwargs=dict(is_causal=True, causal_alignment="bottom_right", enable_gqa=True)),
         dict(shape=(3, 2, 19, 130, 16), kwargs=dict(mask="float", padding=True)),
         dict(shape=(1, 1, 64, 64, 128), kwargs=dict()),
+        dict(shape=(3, 4, 37, 72, 40), kwargs=dict(is_causal=True, causal_alignment="bottom_right", padding=True)),
     ])
     def test_matches_the_reference_and_the_pointer_path(self, launches, case):
         batch, heads, seqlen_q, seqlen_k, head_dim = case["shape"]
@@ -405,7 +408,9 @@ class TestTensorDescriptorPath:
             kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
         with override_config(block_m=16, block_n=16, tma=True):
             with_tma = check(q, k, v, **kwargs)
-        assert launches and all(launches)
+        # the forward always qualifies here; the weights only where their rows are 16-byte aligned
+        assert ("forward", True) in launches and ("forward", False) not in launches
+        assert {used for name, used in launches if name == "weights"} == {seqlen_k % 8 == 0}
         with override_config(block_m=16, block_n=16):
             pointers = run_kernels(q, k, v, **kwargs)
         assert_equal("out", with_tma[0], pointers[0])
@@ -423,7 +428,7 @@ class TestTensorDescriptorPath:
                 got = run_kernels(*views, is_causal=True)
                 for name, a, b in zip(("out", "lse", "weights", "mean"), got, clean):
                     assert_equal(name, a, b)
-        assert len(launches) == 3 and all(launches)
+        assert [used for name, used in launches if name == "forward"] == [True] * 3
 
     def test_ineligible_inputs_take_the_pointer_path(self, launches):
         from attnlens.kernels.forward import tma_eligible
@@ -436,4 +441,5 @@ class TestTensorDescriptorPath:
         with override_config(block_m=16, block_n=16, tma=True):
             check(q, k, v, is_causal=True)
             check(q32, k32, v32)
-        assert launches == [False, False]
+        assert {name for name, _ in launches} == {"forward", "weights"}
+        assert not any(used for _, used in launches)
