@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnlens.kernels.config import KernelConfig, get_config, head_dim_bucket
+from attnlens.kernels.config import KernelConfig, get_config, head_dim_bucket, is_heavy
 from attnlens.kernels.forward import (
     AttentionProblem,
     _check_grid,
@@ -521,14 +521,16 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     configs = configs or {}
     width = max(head_dim, head_dim_v)
 
-    def config(name: str) -> KernelConfig:
-        return configs.get(name) or get_config(name, q.device, q.dtype, width, INTERPRETED)
-
     use_fp64 = q.dtype == torch.float64
     block_dqk, block_dv = head_dim_bucket(head_dim), head_dim_bucket(head_dim_v)
     mask, mask_strides, mask_kind = _mask_args(problem, q)
     pad, kv_range, pad_strides, has_padding = _padding_args(problem, q)
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
+    heavy = is_heavy(mask_kind, has_dropout, grad_weights is not None)
+
+    def config(name: str) -> KernelConfig:
+        return configs.get(name) or get_config(name, q.device, q.dtype, width, INTERPRETED, heavy=heavy)
+
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     # Natural-units scale for dQ and dK. For fp64 its float32 head equals qk_scale and its
     # remainder qk_scale_lo (the fp64 exponent domain is natural), which the kernels add back.

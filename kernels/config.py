@@ -24,6 +24,7 @@ __all__ = [
     "KERNELS",
     "arch_family",
     "get_config",
+    "is_heavy",
     "override_config",
     "head_dim_bucket",
 ]
@@ -71,14 +72,17 @@ def head_dim_bucket(head_dim: int) -> int:
 
 
 def arch_family(device: torch.device, interpreted: bool) -> str:
-    """``"interpreter"``, ``"sm90"`` (Hopper), ``"sm80"`` (A100), ``"sm8x"`` (other compute
-    capability 8.x and consumer Blackwell 12.x: mma.sync, 99 KiB of shared memory per block on
-    most) or ``"default"`` for anything else."""
+    """``"interpreter"``, ``"sm90"`` (Hopper), ``"sm100"`` (datacenter Blackwell, compute
+    capability 10.x), ``"sm80"`` (A100), ``"sm8x"`` (other compute capability 8.x and consumer
+    Blackwell 12.x: mma.sync, 99 KiB of shared memory per block on most) or ``"default"`` for
+    anything else."""
     if interpreted or device.type != "cuda":
         return "interpreter"
     major, minor = torch.cuda.get_device_capability(device)
     if major == 9:
         return "sm90"
+    if major == 10:  # datacenter Blackwell (B200, B300): tcgen05, 227 KiB of shared memory per block
+        return "sm100"
     if (major, minor) == (8, 0):
         return "sm80"
     if major == 8 or major == 12:  # consumer Ampere/Ada/Blackwell: mma.sync, 99 KiB shared memory
@@ -91,11 +95,26 @@ def arch_family(device: torch.device, interpreted: bool) -> str:
 # gradcheck dtype. A bucket entry applies to head dims up to and including its bound.
 _K = KernelConfig
 _TABLE: Dict[Tuple[str, str, int, int], KernelConfig] = {}
+# Rows for heavy calls (see ``get_config``), where the table's row for the commonest call spills.
+_HEAVY: Dict[Tuple[str, str, int, int], KernelConfig] = {}
 
 
-def _fill(family: str, kernel: str, bits: int, rows: Dict[int, KernelConfig]) -> None:
+def _fill(family: str, kernel: str, bits: int, rows: Dict[int, KernelConfig], heavy: bool = False) -> None:
     for bound, cfg in rows.items():
-        _TABLE[(family, kernel, bits, bound)] = cfg
+        (_HEAVY if heavy else _TABLE)[(family, kernel, bits, bound)] = cfg
+
+
+def table_config(family: str, kernel: str, bits: int, head_dim: int, heavy: bool = False) -> Optional[KernelConfig]:
+    """The table's row for ``kernel`` in architecture ``family`` at element size ``bits`` and
+    head dim ``head_dim`` (its bucket), the heavy-call row where one exists when ``heavy``;
+    ``None`` when the table has none. No overrides applied: ``get_config`` applies them."""
+    bucket = head_dim_bucket(head_dim)
+    bounds = sorted(bound for (fam, ker, b, bound) in _TABLE
+                    if (fam, ker, b) == (family, kernel, bits) and bucket <= bound)
+    if not bounds:
+        return None
+    key = (family, kernel, bits, bounds[0])
+    return _HEAVY.get(key, _TABLE[key]) if heavy else _TABLE[key]
 
 
 # The interpreter runs one program at a time with numpy and costs a few milliseconds per loop
@@ -105,36 +124,61 @@ for _kernel in KERNELS:
     for _bits in (16, 32, 64):
         _fill("interpreter", _kernel, _bits, {256: _K(64, 64)})
 
-# sm_90 and sm_80. Every entry was compiled for its architecture (python -m attnlens.kernels.report
-# --full) and keeps everything in registers: no stack frame, no STL/LDL. Where sm_80 spills with
-# the sm_90 choice (dK/dV at head dims 64 and 128, dQ at 32), it gets narrower tiles.
-for _family in ("sm90", "sm80"):
-    hopper = _family == "sm90"
-    _fill(_family, "forward", 16, {64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 64, 8, 2)})
-    _fill(_family, "weights", 16, {64: _K(128, 64, 4, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)})
-    _fill(_family, "backward_dkdv", 16, {
-        64: _K(64, 128, 8, 2) if hopper else _K(32, 128, 8, 2),
-        128: _K(32, 128, 8, 2) if hopper else _K(32, 64, 8, 2),
-        256: _K(32, 32, 8, 2),
-    })
-    _fill(_family, "backward_dq", 16, {
-        64: _K(128, 64, 8, 2) if hopper else _K(128, 32, 8, 2),
-        128: _K(128, 64, 8, 2),
-        256: _K(64, 32, 8, 2),
-    })
+# sm_90, sm_100 and sm_80: the large-shared-memory parts. Every 16-bit entry was compiled for its
+# architecture with the commonest call's flags (python -m attnlens.kernels.report --full) and with
+# ragged lengths, causal masking and key padding, alone and together; every heavy entry also with
+# bool and float masks, dropout and the weights' gradient (bench/NOTES.md, step 4). None keeps
+# anything in a stack frame (no STL/LDL). The rows differ where one architecture's ptxas spills
+# with another's choice. fp32/fp64 rows: the commonest call only.
+_LARGE_SHARED_16 = {
+    #                  ordinary rows per head-dim bound        heavy rows (is_heavy) where they differ
+    "sm90": {
+        "forward": ({64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 32, 8, 2)},
+                    {64: _K(128, 64, 8, 3), 128: _K(128, 32, 8, 3)}),
+        "weights": ({64: _K(128, 64, 4, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)},
+                    {64: _K(128, 64, 8, 2)}),
+        "backward_dkdv": ({64: _K(32, 128, 8, 2), 128: _K(16, 128, 8, 2), 256: _K(32, 16, 8, 2)}, {}),
+        "backward_dq": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 32, 8, 2)},
+                        {128: _K(128, 32, 8, 2), 256: _K(64, 16, 8, 2)}),
+    },
+    "sm100": {  # tcgen05 (UTCHMMA), accumulators in tensor memory; 227 KiB per block
+        "forward": ({64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 64, 8, 1)},
+                    {64: _K(128, 32, 8, 3), 128: _K(64, 32, 8, 3)}),
+        "weights": ({64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 64, 4, 2)},
+                    {64: _K(64, 64, 4, 2)}),
+        "backward_dkdv": ({64: _K(32, 64, 8, 2), 128: _K(32, 64, 8, 1), 256: _K(32, 16, 8, 2)}, {}),
+        "backward_dq": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 32, 8, 2)},
+                        {64: _K(128, 32, 8, 2)}),
+    },
+    "sm80": {
+        "forward": ({64: _K(128, 64, 8, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 32, 8, 2)},
+                    {128: _K(128, 32, 8, 3)}),
+        "weights": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)},
+                    {256: _K(64, 64, 8, 2)}),
+        "backward_dkdv": ({64: _K(16, 128, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 16, 8, 2)},
+                          {64: _K(32, 32, 8, 2), 128: _K(32, 32, 8, 2)}),
+        "backward_dq": ({64: _K(128, 32, 8, 2), 128: _K(64, 64, 8, 2), 256: _K(64, 32, 8, 2)}, {}),
+    },
+}
+for _family, _kernels in _LARGE_SHARED_16.items():
+    for _kernel, (_rows, _heavy_rows) in _kernels.items():
+        _fill(_family, _kernel, 16, _rows)
+        _fill(_family, _kernel, 16, _heavy_rows, heavy=True)
     _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
     # fp32 (ieee dot products on FFMA, or TF32 when allowed) and fp64 (DMMA): 8 warps where 4 spill.
     for _kernel in KERNELS:
         backward = _kernel.startswith("backward")
-        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 2), 256: _K(16, 16, 8, 1)})
+        one_stage = _family == "sm100" and _kernel == "backward_dkdv"
+        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 1 if one_stage else 2),
+                                     256: _K(16, 16, 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(32, 16, 8 if _kernel == "backward_dkdv" else 4, 1),
                                      256: _K(16, 16, 8 if backward else 4, 1)})
 
 # sm8x: 99 KiB of shared memory per block, and two ptxas back ends (sm_86/89 and sm_120) that
 # spill at different points; every entry was compiled for sm_86, sm_89 and sm_120 and spills on
 # none. All fit except the fp64 backward above head dim 128, which needs more than 99 KiB at the
-# smallest tile (the launch then raises a RuntimeError saying so). "default" (Turing, Blackwell
-# datacenter parts, anything newer) takes these rows unchecked.
+# smallest tile (the launch then raises a RuntimeError saying so). "default" (Turing, anything
+# newer than the families above) takes these rows unchecked.
 for _family in ("sm8x", "default"):
     _fill(_family, "forward", 16, {64: _K(128, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)})
     _fill(_family, "weights", 16, {64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 32, 4, 1)})
@@ -150,10 +194,22 @@ for _family in ("sm8x", "default"):
 _OVERRIDES: Dict[Optional[str], Dict[str, object]] = {}
 
 
+def is_heavy(mask_kind: int, has_dropout: bool, has_dw: bool = False) -> bool:
+    """Whether a call holds more per-element state in its kernels than the commonest call: a mask
+    tensor (``mask_kind`` 1 bool, 2 float), dropout (its random numbers), or the weights' gradient
+    in the backward. Causal masking, key padding and ragged lengths are not heavy: the table's
+    ordinary rows are compiled spill-free with them."""
+    return bool(mask_kind) or bool(has_dropout) or bool(has_dw)
+
+
 def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
-               interpreted: bool = False) -> KernelConfig:
+               interpreted: bool = False, heavy: bool = False) -> KernelConfig:
     """The launch configuration for ``kernel`` on ``device`` for inputs of ``dtype`` and the
     larger of the query/key and value head dimensions ``head_dim``.
+
+    ``heavy`` (``is_heavy``: a mask tensor, dropout or the weights' gradient) selects the
+    heavy-call row where the table has one: a configuration that stays spill-free with those
+    flags compiled in, where the commonest call's row would spill.
 
     Order of precedence: ``override_config`` (innermost wins), then the environment variable
     ``ATTNLENS_CONFIG_<KERNEL>="block_m,block_n,num_warps,num_stages"`` (``,tma`` at the end turns
@@ -163,12 +219,7 @@ def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: 
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     bits = torch.finfo(dtype).bits
     family = arch_family(device, interpreted)
-    bucket = head_dim_bucket(head_dim)
-    cfg = None
-    for (fam, ker, b, bound), entry in sorted(_TABLE.items(), key=lambda kv: kv[0][3]):
-        if fam == family and ker == kernel and b == bits and bucket <= bound:
-            cfg = entry
-            break
+    cfg = table_config(family, kernel, bits, head_dim, heavy)
     if cfg is None:
         raise ValueError(f"no {kernel} configuration for {family}, {dtype}, head_dim={head_dim}")
     env = os.environ.get(f"ATTNLENS_CONFIG_{kernel.upper()}")

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnlens.kernels.config import KernelConfig, get_config, head_dim_bucket
+from attnlens.kernels.config import KernelConfig, get_config, head_dim_bucket, is_heavy
 from attnlens.kernels.launch import INTERPRETED, explain_resources, launchable
 from attnlens.kernels.tiles import (
     LOG2E,
@@ -408,11 +408,12 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         lse[..., 1] = 0.0
         return out, lse
     _check_grid(batch, heads_q)
-    cfg = config or get_config("forward", q.device, q.dtype, max(head_dim, head_dim_v), INTERPRETED)
     block_dqk, block_dv = head_dim_bucket(head_dim), head_dim_bucket(head_dim_v)
     mask, mask_strides, mask_kind = _mask_args(problem, q)
     pad, kv_range, pad_strides, has_padding = _padding_args(problem, q)
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
+    cfg = config or get_config("forward", q.device, q.dtype, max(head_dim, head_dim_v), INTERPRETED,
+                               heavy=is_heavy(mask_kind, has_dropout))
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     grid = (triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)
     use_tma = cfg.tma and tma_eligible(q, k, v)
@@ -561,11 +562,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, probl
     if heads_q == 0:
         return weights.zero_()
     _check_grid(batch, heads_q)
-    cfg = config or get_config("weights", q.device, q.dtype, head_dim, INTERPRETED)
     block_dqk = head_dim_bucket(head_dim)
     mask, mask_strides, mask_kind = _mask_args(problem, q)
     pad, kv_range, pad_strides, has_padding = _padding_args(problem, q)
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
+    cfg = config or get_config("weights", q.device, q.dtype, head_dim, INTERPRETED,
+                               heavy=is_heavy(mask_kind, has_dropout))
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     w_strides = (weights.stride(0), 0, weights.stride(1), weights.stride(2)) if mean else weights.stride()
     use_tma = cfg.tma and tma_eligible(weights.view(batch, -1, seqlen_q, seqlen_k))

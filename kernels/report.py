@@ -9,7 +9,8 @@
 For each variant it compiles with ``triton.compile(ASTSource(...), target=GPUTarget(...))`` and
 reads the cubin with the ``cuobjdump`` and ``nvdisasm`` that Triton's wheel ships: registers per
 thread, spills, shared memory (checked against the architecture's limit), and which matrix
-instructions the SASS uses (HMMA on sm_80, HGMMA = wgmma on sm_90, DMMA for fp64).
+instructions the SASS uses (HMMA on sm_80, HGMMA = wgmma on sm_90, UTCHMMA = tcgen05.mma on sm_100,
+DMMA for fp64).
 
 Spills: ptxas puts spilled registers in the thread's stack frame, which ``cuobjdump -res-usage``
 reports as ``STACK`` (its ``LOCAL`` is memory the program itself declared local, 0 here); the
@@ -40,17 +41,18 @@ from attnlens.kernels import config as config_mod
 from attnlens.kernels.config import KernelConfig
 
 __all__ = ["Variant", "CompileResult", "KERNEL_FUNCTIONS", "default_variants", "coverage_variants",
-           "with_configs", "parse_config", "compile_variant", "compile_all", "format_table", "main"]
+           "table_config", "variant_with_flags", "with_configs", "parse_config", "compile_variant",
+           "compile_all", "format_table", "main"]
 
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 HEAD_DIM_BUCKETS = (16, 32, 64, 128, 256)
 #: the largest dynamic shared memory a block may use, per compute capability (bytes)
-SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 120: 99 * 1024}
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024, 120: 99 * 1024}
 
 _TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
-_FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90", 120: "sm8x"}
-_MMA = ("HGMMA", "HMMA", "DMMA", "IMMA")
+_FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90", 100: "sm100", 120: "sm8x"}
+_MMA = ("UTCHMMA", "HGMMA", "HMMA", "DMMA", "IMMA")  # UTCHMMA: tcgen05.mma (sm_100)
 _TMA = ("UTMALDG", "UTMASTG")  # tensor-descriptor (TMA) loads and stores in sm_90 SASS
 
 
@@ -162,16 +164,28 @@ def _flag_value(name: str, pattern: int, index: int, dtype: str):
 def _make_variant(kernel: str, arch: int, dtype: str, head_dim: int, pattern: int) -> Variant:
     fn = KERNEL_FUNCTIONS[kernel]
     flags = tuple((name, _flag_value(name, pattern, i, dtype)) for i, name in enumerate(_constexpr_flags(fn)))
-    return Variant(kernel, arch, dtype, head_dim, flags, _table_config(kernel, arch, dtype, head_dim))
+    return Variant(kernel, arch, dtype, head_dim, flags, table_config(kernel, arch, dtype, head_dim, dict(flags)))
 
 
-def _table_config(kernel: str, arch: int, dtype: str, head_dim: int) -> KernelConfig:
-    family = _FAMILY[arch]
-    bits = torch.finfo(_TORCH_DTYPE[dtype]).bits
-    bucket = config_mod.head_dim_bucket(head_dim)
-    candidates = sorted((bound, cfg) for (fam, ker, b, bound), cfg in config_mod._TABLE.items()
-                        if fam == family and ker == kernel and b == bits and bucket <= bound)
-    return candidates[0][1]
+def variant_with_flags(kernel: str, arch: int, dtype: str, head_dim: int, **flags: object) -> Variant:
+    """The variant a launch with these constexpr flags compiles (every other flag off, the EVEN_*
+    ones on unless given), with the table's configuration for them: heavy flags get the heavy row.
+    ``variant_with_flags("backward_dkdv", 90, "fp16", 128, IS_CAUSAL=True, EVEN_N=False)``."""
+    base = _make_variant(kernel, arch, dtype, head_dim, 0)
+    values = {name: (True if name.startswith("EVEN_") else value) for name, value in base.flags}
+    unknown = set(flags) - set(values)
+    if unknown:
+        raise ValueError(f"{kernel} has no constexpr flags {sorted(unknown)}; it has {sorted(values)}")
+    values.update(flags)
+    return dataclasses.replace(base, flags=tuple(values.items()),
+                               config=table_config(kernel, arch, dtype, head_dim, values))
+
+
+def table_config(kernel: str, arch: int, dtype: str, head_dim: int, flags: Dict[str, object]) -> KernelConfig:
+    """The configuration a launch with these constexpr flags gets from the table on ``arch``
+    (the heavy-call row when the flags make the call heavy, as the launchers decide)."""
+    heavy = config_mod.is_heavy(flags.get("MASK_KIND", 0), flags.get("HAS_DROPOUT", False), flags.get("HAS_DW", False))
+    return config_mod.table_config(_FAMILY[arch], kernel, torch.finfo(_TORCH_DTYPE[dtype]).bits, head_dim, heavy)
 
 
 def default_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[str]] = None,

@@ -1,4 +1,5 @@
-"""Every shipped kernel variant compiles for real GPUs (sm_80, sm_90) on this CPU-only machine.
+"""Every shipped kernel variant compiles for real GPUs (sm_80, sm_90, and sm_86/sm_100/sm_120
+for their own rows) on this CPU-only machine.
 
 The interpreter accepts code the GPU compiler rejects (non-constexpr globals, dot shapes under 16,
 type mismatches between branches), so this is the test that the kernels the tests exercise are
@@ -136,6 +137,45 @@ def test_consumer_card_configs_fit_and_do_not_spill(arch):
            f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
            for r in results if not r.ok or r.spills]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sm90_rows_do_not_spill_with_masks_dropout_and_ragged_lengths(head_dim):
+    """The commonest call is not the only one: causal masking with key padding on lengths that do
+    not divide the blocks (the ordinary rows), and dropout with a float mask, key padding and the
+    weights' gradient (the heavy-call rows, ``config.is_heavy``), compile for sm_90 without spills.
+    The whole check, every flag combination at head dims 64-256, is bench/NOTES.md step 4."""
+    ragged = dict(EVEN_M=False, EVEN_N=False, HAS_PADDING=True)
+    variants = []
+    for kernel in ("forward", "weights", "backward_dkdv", "backward_dq"):
+        variants.append(report.variant_with_flags(kernel, 90, "fp16", head_dim, IS_CAUSAL=True, **ragged))
+        heavy = dict(ragged, HAS_DROPOUT=True, MASK_KIND=2)
+        if kernel.startswith("backward"):
+            heavy["HAS_DW"] = True
+        variants.append(report.variant_with_flags(kernel, 90, "fp16", head_dim, **heavy))
+    results = report.compile_all(variants, jobs=2)
+    bad = [f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "
+           f"{r.registers} registers, {r.local_bytes} B stack, {r.spill_stores} STL"
+           for r in results if not r.ok or r.spills]
+    assert not bad, "\n".join(bad)
+    with pytest.raises(ValueError, match="no constexpr flags"):
+        report.variant_with_flags("forward", 90, "fp16", 64, HAS_DW=True)
+
+
+def test_sm100_configs_fit_do_not_spill_and_use_tcgen05():
+    """Datacenter Blackwell (sm_100) has its own rows: the 16-bit products compile to tcgen05
+    (UTCHMMA in the SASS) except dK/dV above head dim 128 (HMMA, as on sm_90), without spills,
+    within 227 KiB of shared memory."""
+    variants = [v for v in report.default_variants(archs=(100,), kernels=["forward", "backward_dkdv", "backward_dq"])
+                if v.dtype == "fp16"]
+    results = report.compile_all(variants, jobs=2)
+    bad = [f"{r.variant.kernel} d={r.variant.head_dim} {r.variant.config}: error={r.error}, "
+           f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack"
+           for r in results if not r.ok or r.spills]
+    assert not bad, "\n".join(bad)
+    for r in results:
+        wide_dkdv = r.variant.kernel == "backward_dkdv" and r.variant.head_dim > 128
+        assert r.mma.get("HMMA" if wide_dkdv else "UTCHMMA", 0) > 0, (r.variant.kernel, r.variant.head_dim, r.mma)
 
 
 def test_descriptor_loads_reach_the_sass():

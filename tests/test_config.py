@@ -27,7 +27,7 @@ def capability(monkeypatch):
 
 @pytest.mark.parametrize("cc, family", [
     ((9, 0), "sm90"), ((8, 0), "sm80"), ((8, 6), "sm8x"), ((8, 7), "sm8x"), ((8, 9), "sm8x"),
-    ((12, 0), "sm8x"), ((7, 5), "default"), ((10, 0), "default"),
+    ((12, 0), "sm8x"), ((10, 0), "sm100"), ((10, 3), "sm100"), ((7, 5), "default"), ((11, 0), "default"),
 ])
 def test_architecture_family(capability, cc, family):
     capability(*cc)
@@ -36,14 +36,15 @@ def test_architecture_family(capability, cc, family):
     assert config_mod.arch_family(torch.device("cpu"), interpreted=False) == "interpreter"
 
 
-@pytest.mark.parametrize("cc", [(9, 0), (8, 0), (8, 6), (12, 0), (7, 5)])
+@pytest.mark.parametrize("cc", [(9, 0), (10, 0), (8, 0), (8, 6), (12, 0), (7, 5)])
 def test_every_kernel_dtype_and_head_dim_has_a_row(capability, cc):
     capability(*cc)
     for kernel in config_mod.KERNELS:
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             for head_dim in (1, 16, 17, 64, 65, 96, 128, 129, 200, 256):
-                cfg = get_config(kernel, CUDA, dtype, head_dim)
-                assert isinstance(cfg, KernelConfig), (kernel, dtype, head_dim)
+                for heavy in (False, True):
+                    cfg = get_config(kernel, CUDA, dtype, head_dim, heavy=heavy)
+                    assert isinstance(cfg, KernelConfig), (kernel, dtype, head_dim, heavy)
     with pytest.raises(ValueError, match="head_dim=257"):
         get_config("forward", CUDA, torch.float16, 257)
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -60,6 +61,60 @@ def test_sm8x_rows_fit_99_kib_where_sm80_rows_do_not(capability):
     assert (a100.num_stages, rtx.num_stages) == (2, 1)
     capability(12, 0)
     assert get_config("backward_dq", CUDA, torch.float16, 256) == rtx
+
+
+def test_heavy_call_rows(capability):
+    """A heavy call (mask tensor, dropout, weights' gradient) gets its own row where the table has
+    one, and the ordinary row elsewhere; every heavy row sits beside an ordinary row of the same
+    family, kernel, element size and head-dim bucket."""
+    assert not config_mod.is_heavy(0, False) and not config_mod.is_heavy(0, False, False)
+    assert config_mod.is_heavy(1, False) and config_mod.is_heavy(2, False)
+    assert config_mod.is_heavy(0, True) and config_mod.is_heavy(0, False, True)
+    assert config_mod._HEAVY and set(config_mod._HEAVY) <= set(config_mod._TABLE)
+    capability(9, 0)
+    assert get_config("forward", CUDA, torch.float16, 64, heavy=True) == KernelConfig(128, 64, 8, 3)
+    assert get_config("forward", CUDA, torch.float16, 64) == KernelConfig(128, 64, 4, 3)
+    assert get_config("forward", CUDA, torch.float16, 128, heavy=True) == KernelConfig(128, 32, 8, 3)
+    # no heavy row: the ordinary one
+    weights = get_config("weights", CUDA, torch.float16, 128)
+    assert get_config("weights", CUDA, torch.float16, 128, heavy=True) == weights
+    assert get_config("forward", CUDA, torch.float32, 64, heavy=True) == get_config("forward", CUDA, torch.float32, 64)
+    with override_config("forward", num_warps=4):  # overrides apply to heavy rows too
+        assert get_config("forward", CUDA, torch.float16, 64, heavy=True).num_warps == 4
+
+
+@pytest.mark.parametrize("call, heavy", [
+    (lambda q: attnlens.scaled_dot_product_attention(q, q, q), False),
+    (lambda q: attnlens.scaled_dot_product_attention(q, q, q, is_causal=True), False),
+    (lambda q: attnlens.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(8, 8, dtype=torch.bool)), True),
+    (lambda q: attnlens.scaled_dot_product_attention(q, q, q, dropout_p=0.5), True),
+])
+def test_launchers_ask_for_heavy_rows(monkeypatch, call, heavy):
+    """The forward and backward launchers pass ``heavy`` as ``is_heavy`` says for the call; the
+    backward also when the weights' gradient is in the loss."""
+    from attnlens.kernels import backward, forward
+    seen = []
+
+    def recording(kernel, *args, **kwargs):
+        seen.append((kernel, kwargs.get("heavy")))
+        return get_config(kernel, *args, **kwargs)
+    monkeypatch.setattr(forward, "get_config", recording)
+    monkeypatch.setattr(backward, "get_config", recording)
+    q = torch.randn(1, 2, 8, 16, requires_grad=True)
+    with attnlens.use_backend("kernels"):
+        call(q).sum().backward()
+    assert {k for k, _ in seen} == {"forward", "backward_preprocess", "backward_dkdv", "backward_dq"}
+    assert all(h is heavy for _, h in seen), seen
+    if not heavy:  # the same call with the weights in the loss: a heavy backward
+        seen.clear()
+        with attnlens.use_backend("kernels"):
+            out, w = _with_weights(q)
+            (out.sum() + w.square().sum()).backward()
+        assert ("forward", False) in seen and ("backward_dkdv", True) in seen and ("backward_dq", True) in seen
+
+
+def _with_weights(q):
+    return attnlens.scaled_dot_product_attention(q, q, q, return_weights=True)
 
 
 def test_environment_and_override_precedence(capability, monkeypatch):
