@@ -127,7 +127,8 @@ for _kernel in KERNELS:
 # sm_90, sm_100 and sm_80: the large-shared-memory parts. Every 16-bit entry was compiled for its
 # architecture with the commonest call's flags (python -m attnlens.kernels.report --full) and with
 # ragged lengths, causal masking and key padding, alone and together; every heavy entry also with
-# bool and float masks, dropout and the weights' gradient (bench/NOTES.md, step 4). None keeps
+# bool and float masks, dropout and the weights' gradient, alone and in pairs and triples with the
+# others (bench/NOTES.md, step 4; all of them at once still spills a little). None of those keeps
 # anything in a stack frame (no STL/LDL). The rows differ where one architecture's ptxas spills
 # with another's choice. fp32/fp64 rows: the commonest call only.
 _LARGE_SHARED_16 = {
