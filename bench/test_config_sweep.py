@@ -32,6 +32,7 @@ import torch
 import attnlens
 from attnlens.kernels.config import KernelConfig, get_config, override_config
 from attnlens.kernels.forward import tma_eligible
+from attnlens.kernels.report import parse_config
 from harness import (
     Case,
     attention_bytes,
@@ -80,11 +81,6 @@ def _specs(kernel: str) -> List[str]:
     """``default``, then ``MxNxWxS`` per candidate, then ``MxNxWxS+tma`` per descriptor candidate."""
     return (["default"] + ["x".join(map(str, c)) for c in CANDIDATES[kernel]]
             + ["x".join(map(str, c)) + "+tma" for c in TMA_CANDIDATES.get(kernel, [])])
-
-
-def parse_spec(spec: str) -> KernelConfig:
-    body, _, extra = spec.partition("+")
-    return KernelConfig(*(int(x) for x in body.split("x")), tma=extra == "tma")
 
 
 def sweep_cases() -> List[Case]:
@@ -150,7 +146,7 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
     env = bench_env
     dtype = case.torch_dtype
     default = get_config(kernel, env.device, dtype, case.head_dim, interpreted=not env.cuda)
-    cfg = default if spec == "default" else parse_spec(spec)
+    cfg = default if spec == "default" else parse_config(spec)
     if spec != "default" and cfg == default:
         pytest.skip(f"{config_label(cfg)} is this machine's default {kernel} configuration, "
                     f"timed as '{kernel}-default'")

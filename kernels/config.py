@@ -23,6 +23,7 @@ __all__ = [
     "KernelConfig",
     "KERNELS",
     "arch_family",
+    "capability_family",
     "get_config",
     "is_heavy",
     "override_config",
@@ -71,14 +72,10 @@ def head_dim_bucket(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def arch_family(device: torch.device, interpreted: bool) -> str:
-    """``"interpreter"``, ``"sm90"`` (Hopper), ``"sm100"`` (datacenter Blackwell, compute
-    capability 10.x), ``"sm80"`` (A100), ``"sm8x"`` (other compute capability 8.x and consumer
-    Blackwell 12.x: mma.sync, 99 KiB of shared memory per block on most) or ``"default"`` for
-    anything else."""
-    if interpreted or device.type != "cuda":
-        return "interpreter"
-    major, minor = torch.cuda.get_device_capability(device)
+def capability_family(major: int, minor: int) -> str:
+    """The table family of a CUDA compute capability: ``"sm90"`` (Hopper), ``"sm100"``
+    (datacenter Blackwell, 10.x), ``"sm80"`` (A100), ``"sm8x"`` (other 8.x and consumer Blackwell
+    12.x: mma.sync, 99 KiB of shared memory per block on most) or ``"default"`` for anything else."""
     if major == 9:
         return "sm90"
     if major == 10:  # datacenter Blackwell (B200, B300): tcgen05, 227 KiB of shared memory per block
@@ -88,6 +85,14 @@ def arch_family(device: torch.device, interpreted: bool) -> str:
     if major == 8 or major == 12:  # consumer Ampere/Ada/Blackwell: mma.sync, 99 KiB shared memory
         return "sm8x"
     return "default"
+
+
+def arch_family(device: torch.device, interpreted: bool) -> str:
+    """``"interpreter"`` for interpreted or non-CUDA launches, else ``capability_family`` of the
+    device's compute capability."""
+    if interpreted or device.type != "cuda":
+        return "interpreter"
+    return capability_family(*torch.cuda.get_device_capability(device))
 
 
 # Key: (family, kernel, element bits, head-dim bucket upper bound) -> config.

@@ -51,7 +51,7 @@ HEAD_DIM_BUCKETS = (16, 32, 64, 128, 256)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024, 120: 99 * 1024}
 
 _TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
-_FAMILY = {80: "sm80", 86: "sm8x", 89: "sm8x", 90: "sm90", 100: "sm100", 120: "sm8x"}
+_FAMILY = {arch: config_mod.capability_family(arch // 10, arch % 10) for arch in SHARED_LIMIT}
 _MMA = ("UTCHMMA", "HGMMA", "HMMA", "DMMA", "IMMA")  # UTCHMMA: tcgen05.mma (sm_100)
 _TMA = ("UTMALDG", "UTMASTG")  # tensor-descriptor (TMA) loads and stores in sm_90 SASS
 
