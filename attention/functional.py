@@ -3,7 +3,8 @@
 Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels through
 Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported; other CPU
 tensors (and any device Triton cannot drive) run ``attnlens.reference``, plain PyTorch with the
-same semantics. ``use_backend`` forces a path.
+same semantics. CUDA devices older than Triton supports (compute capability below 8.0: V100, T4,
+RTX 20xx) also take the reference path unless the kernels are forced. ``use_backend`` forces a path.
 """
 
 from __future__ import annotations
@@ -75,13 +76,35 @@ def use_backend(backend: str) -> Iterator[None]:
         _state.backend = previous
 
 
+# Triton supports NVIDIA GPUs of compute capability 8.0 and newer. Since Triton 3.3 its matrix
+# products compile to plain FMA below that (no tensor cores), and the launch configurations were
+# never compiled for those cards' 64-96 KiB of shared memory, so "auto" sends them to the reference
+# path, whose matrix products are cuBLAS's; ``use_backend("kernels")`` still runs the kernels.
+MIN_KERNEL_CAPABILITY = (8, 0)
+_capabilities: dict = {}
+
+
+def _capability(device: torch.device) -> Tuple[int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capabilities:
+        _capabilities[index] = tuple(torch.cuda.get_device_capability(index))
+    return _capabilities[index]
+
+
+def _auto_picks_kernels(device: torch.device) -> bool:
+    """Whether ``"auto"`` runs the kernels on a device they can run on: not on a CUDA device older
+    than Triton supports (``MIN_KERNEL_CAPABILITY``)."""
+    from attnlens.kernels import INTERPRETED
+    return INTERPRETED or device.type != "cuda" or _capability(device) >= MIN_KERNEL_CAPABILITY
+
+
 def selected_backend(device: torch.device) -> str:
     """``"kernels"`` or ``"reference"``: the path a call on ``device`` takes right now."""
     backend = getattr(_state, "backend", "auto")
     if backend == "reference":
         return "reference"
     if kernels_available(device):
-        return "kernels"
+        return "kernels" if backend == "kernels" or _auto_picks_kernels(device) else "reference"
     if backend == "kernels":
         reason = f" ({_kernel_import_error})" if _kernel_import_error else ""
         raise RuntimeError(f"attnlens kernels cannot run on device {device}{reason}: they need a CUDA "

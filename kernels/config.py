@@ -184,8 +184,9 @@ for _family, _kernels in _LARGE_SHARED_16.items():
 # sm8x: 99 KiB of shared memory per block, and two ptxas back ends (sm_86/89 and sm_120) that
 # spill at different points; every entry was compiled for sm_86, sm_89 and sm_120 and spills on
 # none. All fit except the fp64 backward above head dim 128, which needs more than 99 KiB at the
-# smallest tile (the launch then raises a RuntimeError saying so). "default" (Turing, anything
-# newer than the families above) takes these rows unchecked.
+# smallest tile (the launch then raises a RuntimeError saying so). "default" takes these rows
+# unchecked: cards older than Triton supports (Volta, Turing; only when the kernels are forced, see
+# attnlens.functional.MIN_KERNEL_CAPABILITY) and any architecture newer than the families above.
 for _family in ("sm8x", "default"):
     _fill(_family, "forward", 16, {64: _K(128, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)})
     _fill(_family, "weights", 16, {64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 32, 4, 1)})

@@ -443,3 +443,25 @@ class TestTensorDescriptorPath:
             check(q32, k32, v32)
         assert {name for name, _ in launches} == {"forward", "weights"}
         assert not any(used for _, used in launches)
+
+
+def test_auto_keeps_cuda_devices_older_than_triton_supports_on_the_reference_path(monkeypatch):
+    """Triton supports compute capability 8.0 and newer (older cards get FMA products and tiles
+    never compiled for their shared memory): "auto" sends a V100/T4 to the reference path, newer
+    cards to the kernels, and ``use_backend("kernels")`` still forces them."""
+    import attnlens.functional as functional
+    import attnlens.kernels
+
+    monkeypatch.setattr(attnlens.kernels, "INTERPRETED", False)  # as on a machine with real GPUs
+    monkeypatch.setattr(functional, "_capabilities", {})
+    capabilities = {0: (7, 5), 1: (8, 6), 2: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert attnlens.selected_backend(torch.device("cuda", 0)) == "reference"
+    assert attnlens.selected_backend(torch.device("cuda")) == "kernels"  # the current device, 8.6
+    assert attnlens.selected_backend(torch.device("cuda", 2)) == "kernels"
+    assert attnlens.selected_backend(torch.device("cpu")) == "reference"  # not interpreted here
+    with attnlens.use_backend("kernels"):
+        assert attnlens.selected_backend(torch.device("cuda", 0)) == "kernels"
+    with attnlens.use_backend("reference"):
+        assert attnlens.selected_backend(torch.device("cuda", 2)) == "reference"
