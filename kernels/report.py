@@ -116,6 +116,7 @@ class CompileResult:
     error: Optional[str] = None
     spill_stores: int = 0  # STL instructions in the SASS
     spill_loads: int = 0  # LDL instructions in the SASS
+    loop_spills: int = 0  # of those, the STL/LDL inside a loop of the SASS (``loop_spill_count``)
 
     @property
     def ok(self) -> bool:
@@ -132,6 +133,7 @@ class CompileResult:
                 "num_warps": v.config.num_warps, "num_stages": v.config.num_stages,
                 "registers": self.registers, "local_bytes": self.local_bytes,
                 "spill_stores": self.spill_stores, "spill_loads": self.spill_loads,
+                "loop_spills": self.loop_spills,
                 "shared_bytes": self.shared_bytes, "shared_limit": self.shared_limit,
                 "mma": self.mma, "error": self.error}
 
@@ -312,7 +314,36 @@ def compile_variant(v: Variant) -> CompileResult:
     loads = len(re.findall(r"\bLDL(?:\.\w+)*\b", sass))
     counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA + _TMA) + r")\b", sass))
     return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts),
-                         spill_stores=stores, spill_loads=loads)
+                         spill_stores=stores, spill_loads=loads, loop_spills=loop_spill_count(sass))
+
+
+def loop_spill_count(sass: str) -> int:
+    """The local-memory stores and loads (STL/LDL) that lie inside a loop of ``nvdisasm -c``
+    output: between a label and a branch back to it from further down. A spill outside every loop
+    (a value parked before the main loop and read back after it) costs a few instructions per
+    thread; one inside the loop costs memory traffic on every iteration."""
+    labels: Dict[str, int] = {}
+    loops: List[Tuple[int, int]] = []
+    spills: List[int] = []
+    pending: List[str] = []
+    for line in sass.splitlines():
+        label = re.match(r"\s*(\.L_\w+):", line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        instruction = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*)", line)
+        if not instruction:
+            continue
+        address, text = int(instruction.group(1), 16), instruction.group(2)
+        for name in pending:
+            labels[name] = address
+        pending = []
+        target = re.search(r"\bBRA\b[^`;]*`\((\.L_\w+)\)", text)  # BRA, BRA.U UP0, ...
+        if target and target.group(1) in labels and labels[target.group(1)] < address:
+            loops.append((labels[target.group(1)], address))
+        if re.search(r"\b(?:STL|LDL)(?:\.\w+)*\b", text):
+            spills.append(address)
+    return sum(any(start <= a <= end for start, end in loops) for a in spills)
 
 
 def compile_all(variants: Sequence[Variant], jobs: int = 0) -> List[CompileResult]:
@@ -336,13 +367,15 @@ def compile_all(variants: Sequence[Variant], jobs: int = 0) -> List[CompileResul
 
 
 def _spills(r: CompileResult) -> str:
-    return "0" if not r.spills else f"{r.local_bytes} ({r.spill_stores}/{r.spill_loads})"
+    if not r.spills:
+        return "0"
+    return f"{r.local_bytes} ({r.spill_stores}/{r.spill_loads}, {r.loop_spills} in loops)"
 
 
 def format_table(results: Sequence[CompileResult]) -> str:
     """A Markdown table of the results."""
     lines = ["| kernel | arch | dtype | head dim | flags | block m x n, warps, stages | registers | "
-             "spills: stack bytes (STL/LDL) | shared KiB | matrix instructions |",
+             "spills: stack bytes (STL/LDL, in loops) | shared KiB | matrix instructions |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         v = r.variant

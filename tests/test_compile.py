@@ -120,6 +120,31 @@ def test_spills_are_detected():
     (result,) = report.compile_all(report.with_configs([variant], [report.KernelConfig(64, 32, 4, 2)]), jobs=1)
     assert result.error is None, result.error
     assert result.spills and result.local_bytes > 0 and result.spill_stores > 0 and result.spill_loads > 0
+    assert 0 < result.loop_spills <= result.spill_stores + result.spill_loads  # 255 registers: in the loop too
+
+
+def test_loop_spills_count_only_the_local_accesses_inside_a_loop():
+    """A loop in ``nvdisasm -c`` output runs from a label to a branch back to it; local stores and
+    loads outside every loop (before the main loop, after it, or in a forward-branch block) do not
+    count, nor does the trailing self-branch. Uniform branches (``BRA.U UP1, ...``, sm_120's ptxas)
+    close loops too."""
+    sass = """
+        /*0010*/                   STL [R1], R4 ;
+        /*0020*/               @P0 BRA `(.L_x_0) ;
+.L_x_2:
+        /*0030*/                   LDL R8, [R1] ;
+.L_x_3:
+        /*0040*/                   STL.64 [R1+0x8], R6 ;
+        /*0050*/              @!P3 BRA `(.L_x_3) ;
+        /*0060*/                   FADD R2, R2, R3 ;
+        /*0070*/                   BRA.U !UP1, `(.L_x_2) ;
+.L_x_0:
+        /*0080*/                   LDL.LU R4, [R1] ;
+.L_x_1:
+        /*0090*/                   BRA `(.L_x_1);
+"""
+    assert report.loop_spill_count(sass) == 2
+    assert report.loop_spill_count(sass.replace("(.L_x_2)", "(.L_x_0)")) == 1  # forward branch: one loop left
 
 
 @pytest.mark.parametrize("arch", [86, 120])
