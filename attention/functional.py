@@ -81,14 +81,13 @@ def use_backend(backend: str) -> Iterator[None]:
 # never compiled for those cards' 64-96 KiB of shared memory, so "auto" sends them to the reference
 # path, whose matrix products are cuBLAS's; ``use_backend("kernels")`` still runs the kernels.
 MIN_KERNEL_CAPABILITY = (8, 0)
-_capabilities: dict = {}
 
 
 def _capability(device: torch.device) -> Tuple[int, int]:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _capabilities:
-        _capabilities[index] = tuple(torch.cuda.get_device_capability(index))
-    return _capabilities[index]
+    # get_device_properties (the current device for an index-less device), not
+    # get_device_capability: torch.compile folds it to a constant, so fullgraph tracing holds.
+    properties = torch.cuda.get_device_properties(device)
+    return properties.major, properties.minor
 
 
 def _auto_picks_kernels(device: torch.device) -> bool:

@@ -7,6 +7,8 @@ odd head dims, GQA, every mask alone and together, rows with nothing to attend t
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -449,14 +451,12 @@ def test_auto_keeps_cuda_devices_older_than_triton_supports_on_the_reference_pat
     """Triton supports compute capability 8.0 and newer (older cards get FMA products and tiles
     never compiled for their shared memory): "auto" sends a V100/T4 to the reference path, newer
     cards to the kernels, and ``use_backend("kernels")`` still forces them."""
-    import attnlens.functional as functional
     import attnlens.kernels
 
     monkeypatch.setattr(attnlens.kernels, "INTERPRETED", False)  # as on a machine with real GPUs
-    monkeypatch.setattr(functional, "_capabilities", {})
-    capabilities = {0: (7, 5), 1: (8, 6), 2: (9, 0)}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    capabilities = {0: (7, 5), None: (8, 6), 2: (9, 0)}  # None: the current device
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(
+        major=capabilities[device.index][0], minor=capabilities[device.index][1]))
     assert attnlens.selected_backend(torch.device("cuda", 0)) == "reference"
     assert attnlens.selected_backend(torch.device("cuda")) == "kernels"  # the current device, 8.6
     assert attnlens.selected_backend(torch.device("cuda", 2)) == "kernels"
