@@ -183,15 +183,25 @@ for _family, _kernels in _LARGE_SHARED_16.items():
 
 # sm8x: 99 KiB of shared memory per block, and two ptxas back ends (sm_86/89 and sm_120) that
 # spill at different points; every entry was compiled for sm_86, sm_89 and sm_120 and spills on
-# none. All fit except the fp64 backward above head dim 128, which needs more than 99 KiB at the
+# none, and the 16-bit rows also with the flag combinations of the large-shared-memory rows above
+# (bench/NOTES.md, step 5; sm_120 spilled with ragged lengths at head dim 64). All fit except the fp64 backward above head dim 128, which needs more than 99 KiB at the
 # smallest tile (the launch then raises a RuntimeError saying so). "default" takes these rows
 # unchecked: cards older than Triton supports (Volta, Turing; only when the kernels are forced, see
 # attnlens.functional.MIN_KERNEL_CAPABILITY) and any architecture newer than the families above.
+_SMALL_SHARED_16 = {
+    #                  ordinary rows per head-dim bound        heavy rows (is_heavy) where they differ
+    "forward": ({64: _K(64, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)},
+                {256: _K(64, 16, 8, 1)}),
+    "weights": ({64: _K(128, 64, 8, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 32, 4, 1)}, {}),
+    "backward_dkdv": ({64: _K(16, 32, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 16, 8, 2)},
+                      {128: _K(32, 32, 8, 2), 256: _K(16, 16, 8, 2)}),
+    "backward_dq": ({64: _K(128, 32, 8, 2), 128: _K(64, 32, 4, 2), 256: _K(64, 32, 8, 1)},
+                    {128: _K(64, 32, 8, 2), 256: _K(32, 32, 8, 1)}),
+}
 for _family in ("sm8x", "default"):
-    _fill(_family, "forward", 16, {64: _K(128, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)})
-    _fill(_family, "weights", 16, {64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 32, 4, 1)})
-    _fill(_family, "backward_dkdv", 16, {64: _K(32, 128, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 32, 8, 2)})
-    _fill(_family, "backward_dq", 16, {64: _K(64, 64, 4, 2), 128: _K(64, 32, 4, 2), 256: _K(64, 32, 8, 1)})
+    for _kernel, (_rows, _heavy_rows) in _SMALL_SHARED_16.items():
+        _fill(_family, _kernel, 16, _rows)
+        _fill(_family, _kernel, 16, _heavy_rows, heavy=True)
     _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
     for _kernel in KERNELS:
         dkdv, dq = _kernel == "backward_dkdv", _kernel == "backward_dq"

@@ -164,6 +164,35 @@ def test_consumer_card_configs_fit_and_do_not_spill(arch):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("arch", [86, 120])
+def test_consumer_card_rows_do_not_spill_with_masks_padding_and_ragged_lengths(arch):
+    """The sm8x rows at head dim 64 (where sm_120's ptxas spilled with ragged lengths) with causal
+    masking, key padding and ragged lengths, and the heavy-call rows with a float mask, padding and
+    ragged lengths (the backward: the weights' gradient, causal, padding): no spills on sm_86 or
+    sm_120. The wider check is bench/NOTES.md step 5."""
+    variants = _flagged_variants(arch, 64)
+    results = report.compile_all(variants, jobs=2)
+    bad = [f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "
+           f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
+           for r in results if not r.ok or r.spills]
+    assert not bad, "\n".join(bad)
+
+
+def _flagged_variants(arch, head_dim):
+    """Per kernel: causal + padding + ragged lengths (an ordinary row), and a heavy call (float
+    mask + padding + ragged lengths; in the backward the weights' gradient + causal + padding)."""
+    ragged = dict(EVEN_M=False, EVEN_N=False, HAS_PADDING=True)
+    variants = []
+    for kernel in ("forward", "weights", "backward_dkdv", "backward_dq"):
+        variants.append(report.variant_with_flags(kernel, arch, "fp16", head_dim, IS_CAUSAL=True, **ragged))
+        if kernel.startswith("backward"):
+            heavy = dict(HAS_DW=True, IS_CAUSAL=True, HAS_PADDING=True, EVEN_N=False)
+        else:
+            heavy = dict(ragged, MASK_KIND=2)
+        variants.append(report.variant_with_flags(kernel, arch, "fp16", head_dim, **heavy))
+    return variants
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_sm90_rows_do_not_spill_with_masks_padding_and_ragged_lengths(head_dim):
     """The commonest call is not the only one: causal masking with key padding on lengths that do
@@ -172,15 +201,7 @@ def test_sm90_rows_do_not_spill_with_masks_padding_and_ragged_lengths(head_dim):
     ``config.is_heavy``) compile for sm_90 without spills. The wider check (dropout too, head dims
     64-256, sm_80 and sm_100) is bench/NOTES.md step 4, which also lists the combinations that still
     spill (dropout, a float mask, padding and ragged lengths all at once)."""
-    ragged = dict(EVEN_M=False, EVEN_N=False, HAS_PADDING=True)
-    variants = []
-    for kernel in ("forward", "weights", "backward_dkdv", "backward_dq"):
-        variants.append(report.variant_with_flags(kernel, 90, "fp16", head_dim, IS_CAUSAL=True, **ragged))
-        if kernel.startswith("backward"):
-            heavy = dict(HAS_DW=True, IS_CAUSAL=True, HAS_PADDING=True, EVEN_N=False)
-        else:
-            heavy = dict(ragged, MASK_KIND=2)
-        variants.append(report.variant_with_flags(kernel, 90, "fp16", head_dim, **heavy))
+    variants = _flagged_variants(90, head_dim)
     assert sum(v.config != report.variant_with_flags(v.kernel, 90, "fp16", head_dim).config for v in variants) >= 1
     results = report.compile_all(variants, jobs=2)
     bad = [f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "

@@ -79,6 +79,10 @@ def test_heavy_call_rows(capability):
     weights = get_config("weights", CUDA, torch.float16, 128)
     assert get_config("weights", CUDA, torch.float16, 128, heavy=True) == weights
     assert get_config("forward", CUDA, torch.float32, 64, heavy=True) == get_config("forward", CUDA, torch.float32, 64)
+    capability(12, 0)  # the consumer cards have heavy rows too (bench/NOTES.md step 5)
+    assert get_config("backward_dkdv", CUDA, torch.float16, 128, heavy=True) == KernelConfig(32, 32, 8, 2)
+    assert get_config("backward_dkdv", CUDA, torch.float16, 128) == KernelConfig(32, 64, 8, 2)
+    capability(9, 0)
     with override_config("forward", num_warps=4):  # overrides apply to heavy rows too
         assert get_config("forward", CUDA, torch.float16, 64, heavy=True).num_warps == 4
 
