@@ -173,19 +173,24 @@ for _family, _kernels in _LARGE_SHARED_16.items():
         _fill(_family, _kernel, 16, _heavy_rows, heavy=True)
     _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
     # fp32 (ieee dot products on FFMA, or TF32 when allowed) and fp64 (DMMA): 8 warps where 4 spill.
+    # fp32 dK/dV holds the most (two accumulators, five products per step): 16x16 tiles, 16 warps
+    # where 8 spilled with ragged lengths, masks or dropout (bench/NOTES.md, step 5).
     for _kernel in KERNELS:
         backward = _kernel.startswith("backward")
-        one_stage = _family == "sm100" and _kernel == "backward_dkdv"
-        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 1 if one_stage else 2),
-                                     256: _K(16, 16, 8, 1)})
+        if _kernel == "backward_dkdv":
+            warps = 8 if _family == "sm80" else 16
+            _fill(_family, _kernel, 32, {64: _K(16, 16, warps, 2), 128: _K(16, 16, 8, 2), 256: _K(16, 16, warps, 1)})
+        else:
+            _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 2), 256: _K(16, 16, 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(32, 16, 8 if _kernel == "backward_dkdv" else 4, 1),
                                      256: _K(16, 16, 8 if backward else 4, 1)})
 
 # sm8x: 99 KiB of shared memory per block, and two ptxas back ends (sm_86/89 and sm_120) that
 # spill at different points; every entry was compiled for sm_86, sm_89 and sm_120 and spills on
 # none, and the 16-bit rows also with the flag combinations of the large-shared-memory rows above
-# (bench/NOTES.md, step 5; sm_120 spilled with ragged lengths at head dim 64). All fit except the fp64 backward above head dim 128, which needs more than 99 KiB at the
-# smallest tile (the launch then raises a RuntimeError saying so). "default" takes these rows
+# (bench/NOTES.md, step 5; sm_120 spilled with ragged lengths at head dim 64). All fit except the
+# fp64 backward above head dim 128, which needs more than 99 KiB at the smallest tile (the launch
+# then raises a RuntimeError saying so). "default" takes these rows
 # unchecked: cards older than Triton supports (Volta, Turing; only when the kernels are forced, see
 # attnlens.functional.MIN_KERNEL_CAPABILITY) and any architecture newer than the families above.
 _SMALL_SHARED_16 = {

@@ -212,6 +212,20 @@ def test_sm90_rows_do_not_spill_with_masks_padding_and_ragged_lengths(head_dim):
         report.variant_with_flags("forward", 90, "fp16", 64, HAS_DW=True)
 
 
+def test_sm90_fp32_dkdv_rows_do_not_spill_with_flags():
+    """fp32 dK/dV (FMA products, which spill at 80-128 registers) on sm_90 at head dim 64: causal
+    padding on ragged lengths, and the weights' gradient with causal padding, compile without
+    spills (the 32x32 tiles it had spilled up to 112 B; bench/NOTES.md step 5)."""
+    variants = [report.variant_with_flags("backward_dkdv", 90, "fp32", 64, IS_CAUSAL=True, HAS_PADDING=True,
+                                          EVEN_M=False, EVEN_N=False),
+                report.variant_with_flags("backward_dkdv", 90, "fp32", 64, HAS_DW=True, IS_CAUSAL=True,
+                                          HAS_PADDING=True, EVEN_N=False)]
+    results = report.compile_all(variants, jobs=2)
+    bad = [f"[{r.variant.label()}] {r.variant.config}: error={r.error}, {r.local_bytes} B stack, "
+           f"{r.loop_spills} STL/LDL in loops" for r in results if not r.ok or r.spills]
+    assert not bad, "\n".join(bad)
+
+
 def test_sm100_configs_fit_do_not_spill_and_use_tcgen05():
     """Datacenter Blackwell (sm_100) has its own rows: the 16-bit products compile to tcgen05
     (UTCHMMA in the SASS) except dK/dV above head dim 128 (HMMA, as on sm_90), without spills,
