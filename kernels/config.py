@@ -210,8 +210,9 @@ for _family in ("sm8x", "default"):
     _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
     for _kernel in KERNELS:
         dkdv, dq = _kernel == "backward_dkdv", _kernel == "backward_dq"
-        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 1 if dkdv else 2),
-                                     256: _K(16, 16, 4 if dq else 8, 1)})
+        # fp32 dK/dV: 16x16 tiles above d=64, 16 warps at d<=256 (bench/NOTES.md, step 5)
+        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 16, 8, 1) if dkdv else _K(16, 32, 8, 2),
+                                     256: _K(16, 16, 16 if dkdv else 4 if dq else 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(16, 16, 8, 1) if dkdv else _K(32, 16, 4, 1), 256: _K(16, 16, 8, 1)})
 
 _OVERRIDES: Dict[Optional[str], Dict[str, object]] = {}
