@@ -167,11 +167,18 @@ _LARGE_SHARED_16 = {
         "backward_dq": ({64: _K(128, 32, 8, 2), 128: _K(64, 64, 8, 2), 256: _K(64, 32, 8, 2)}, {}),
     },
 }
+
+
+def _fill_16bit(family: str, kernels: Dict[str, Tuple[Dict[int, KernelConfig], Dict[int, KernelConfig]]]) -> None:
+    """A family's 16-bit rows: per kernel (ordinary rows, heavy rows), and the preprocess kernel."""
+    for kernel, (rows, heavy_rows) in kernels.items():
+        _fill(family, kernel, 16, rows)
+        _fill(family, kernel, 16, heavy_rows, heavy=True)
+    _fill(family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
+
+
 for _family, _kernels in _LARGE_SHARED_16.items():
-    for _kernel, (_rows, _heavy_rows) in _kernels.items():
-        _fill(_family, _kernel, 16, _rows)
-        _fill(_family, _kernel, 16, _heavy_rows, heavy=True)
-    _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
+    _fill_16bit(_family, _kernels)
     # fp32 (ieee dot products on FFMA, or TF32 when allowed) and fp64 (DMMA): 8 warps where 4 spill.
     # fp32 dK/dV holds the most (two accumulators, five products per step): 16x16 tiles, 16 warps
     # where 8 spilled with ragged lengths, masks or dropout (bench/NOTES.md, step 5).
@@ -204,10 +211,7 @@ _SMALL_SHARED_16 = {
                     {128: _K(64, 32, 8, 2), 256: _K(32, 32, 8, 1)}),
 }
 for _family in ("sm8x", "default"):
-    for _kernel, (_rows, _heavy_rows) in _SMALL_SHARED_16.items():
-        _fill(_family, _kernel, 16, _rows)
-        _fill(_family, _kernel, 16, _heavy_rows, heavy=True)
-    _fill(_family, "backward_preprocess", 16, {256: _K(64, 64, 4, 2)})
+    _fill_16bit(_family, _SMALL_SHARED_16)
     for _kernel in KERNELS:
         dkdv, dq = _kernel == "backward_dkdv", _kernel == "backward_dq"
         # fp32 dK/dV: 16x16 tiles above d=64, 16 warps at d<=256 (bench/NOTES.md, step 5)
