@@ -181,12 +181,13 @@ for _family, _kernels in _LARGE_SHARED_16.items():
     _fill_16bit(_family, _kernels)
     # fp32 (ieee dot products on FFMA, or TF32 when allowed) and fp64 (DMMA): 8 warps where 4 spill.
     # fp32 dK/dV holds the most (two accumulators, five products per step): 16x16 tiles, 16 warps
-    # where 8 spilled with ragged lengths, masks or dropout (bench/NOTES.md, step 5).
+    # at d<=64 where 8 spilled with ragged lengths, masks or dropout; 8 at d<=256, where 16 spill in
+    # the loop with TF32 products (bench/NOTES.md, step 5).
     for _kernel in KERNELS:
         backward = _kernel.startswith("backward")
         if _kernel == "backward_dkdv":
             warps = 8 if _family == "sm80" else 16
-            _fill(_family, _kernel, 32, {64: _K(16, 16, warps, 2), 128: _K(16, 16, 8, 2), 256: _K(16, 16, warps, 1)})
+            _fill(_family, _kernel, 32, {64: _K(16, 16, warps, 2), 128: _K(16, 16, 8, 2), 256: _K(16, 16, 8, 1)})
         else:
             _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 2), 256: _K(16, 16, 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(32, 16, 8 if _kernel == "backward_dkdv" else 4, 1),
@@ -214,9 +215,9 @@ for _family in ("sm8x", "default"):
     _fill_16bit(_family, _SMALL_SHARED_16)
     for _kernel in KERNELS:
         dkdv, dq = _kernel == "backward_dkdv", _kernel == "backward_dq"
-        # fp32 dK/dV: 16x16 tiles above d=64, 16 warps at d<=256 (bench/NOTES.md, step 5)
+        # fp32 dK/dV: 16x16 tiles at d<=128 (bench/NOTES.md, step 5)
         _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 16, 8, 1) if dkdv else _K(16, 32, 8, 2),
-                                     256: _K(16, 16, 16 if dkdv else 4 if dq else 8, 1)})
+                                     256: _K(16, 16, 4 if dq else 8, 1)})
         _fill(_family, _kernel, 64, {64: _K(16, 16, 8, 1) if dkdv else _K(32, 16, 4, 1), 256: _K(16, 16, 8, 1)})
 
 _OVERRIDES: Dict[Optional[str], Dict[str, object]] = {}
