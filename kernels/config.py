@@ -135,7 +135,7 @@ for _kernel in KERNELS:
 # bool and float masks, dropout and the weights' gradient, alone and in pairs and triples with the
 # others (bench/NOTES.md, step 4; all of them at once still spills a little). None of those keeps
 # anything in a stack frame (no STL/LDL). The rows differ where one architecture's ptxas spills
-# with another's choice. fp32/fp64 rows: the commonest call only.
+# with another's choice. fp32/fp64 rows: the commonest call only, but fp32 dK/dV (step 5, below).
 _LARGE_SHARED_16 = {
     #                  ordinary rows per head-dim bound        heavy rows (is_heavy) where they differ
     "sm90": {

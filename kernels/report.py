@@ -54,6 +54,7 @@ _TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.flo
 _FAMILY = {arch: config_mod.capability_family(arch // 10, arch % 10) for arch in SHARED_LIMIT}
 _MMA = ("UTCHMMA", "HGMMA", "HMMA", "DMMA", "IMMA")  # UTCHMMA: tcgen05.mma (sm_100)
 _TMA = ("UTMALDG", "UTMASTG")  # tensor-descriptor (TMA) loads and stores in sm_90 SASS
+_STL, _LDL = re.compile(r"\bSTL(?:\.\w+)*\b"), re.compile(r"\bLDL(?:\.\w+)*\b")  # local stores, loads
 
 
 def _kernel_functions() -> Dict[str, object]:
@@ -179,8 +180,8 @@ def variant_with_flags(kernel: str, arch: int, dtype: str, head_dim: int, **flag
     if unknown:
         raise ValueError(f"{kernel} has no constexpr flags {sorted(unknown)}; it has {sorted(values)}")
     values.update(flags)
-    return dataclasses.replace(base, flags=tuple(values.items()),
-                               config=table_config(kernel, arch, dtype, head_dim, values))
+    config = table_config(kernel, arch, dtype, head_dim, values)
+    return dataclasses.replace(base, flags=_with_tma_flag(tuple(values.items()), config), config=config)
 
 
 def table_config(kernel: str, arch: int, dtype: str, head_dim: int, flags: Dict[str, object]) -> KernelConfig:
@@ -200,10 +201,7 @@ def default_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[st
         for arch in archs:
             for dtype in DTYPES:
                 dims = HEAD_DIM_BUCKETS if full else ((64, 128, 256) if dtype in ("fp16", "bf16") else (64,))
-                for head_dim in dims:
-                    v = _make_variant(kernel, arch, dtype, head_dim, 0)
-                    flags = tuple((n, (True if n.startswith("EVEN_") else val)) for n, val in v.flags)
-                    out.append(dataclasses.replace(v, flags=_with_tma_flag(flags, v.config)))
+                out.extend(variant_with_flags(kernel, arch, dtype, head_dim) for head_dim in dims)
     return out
 
 
@@ -310,8 +308,8 @@ def compile_variant(v: Variant) -> CompileResult:
         sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True).stdout
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
     local = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
-    stores = len(re.findall(r"\bSTL(?:\.\w+)*\b", sass))
-    loads = len(re.findall(r"\bLDL(?:\.\w+)*\b", sass))
+    stores = len(_STL.findall(sass))
+    loads = len(_LDL.findall(sass))
     counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA + _TMA) + r")\b", sass))
     return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts),
                          spill_stores=stores, spill_loads=loads, loop_spills=loop_spill_count(sass))
@@ -341,7 +339,7 @@ def loop_spill_count(sass: str) -> int:
         target = re.search(r"\bBRA\b[^`;]*`\((\.L_\w+)\)", text)  # BRA, BRA.U UP0, ...
         if target and target.group(1) in labels and labels[target.group(1)] < address:
             loops.append((labels[target.group(1)], address))
-        if re.search(r"\b(?:STL|LDL)(?:\.\w+)*\b", text):
+        if _STL.search(text) or _LDL.search(text):
             spills.append(address)
     return sum(any(start <= a <= end for start, end in loops) for a in spills)
 
