@@ -116,9 +116,9 @@ def _bwd_preprocess_kernel(
     rows64 = offs_m.to(tl.int64)[:, None]
 
     o_ptrs = out_ptr + b64 * stride_out_batch + h64 * stride_out_head + rows64 * stride_out_seq \
-        + offs_dv[None, :] * stride_out_dim
+        + offs_dv.to(tl.int64)[None, :] * stride_out_dim
     do_ptrs = dout_ptr + b64 * stride_dout_batch + h64 * stride_dout_head + rows64 * stride_dout_seq \
-        + offs_dv[None, :] * stride_dout_dim
+        + offs_dv.to(tl.int64)[None, :] * stride_dout_dim
     if USE_FP64:
         o = load_tile(o_ptrs, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, not EVEN_M, not EVEN_DV)
         do = load_tile(do_ptrs, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, not EVEN_M, not EVEN_DV)
@@ -133,7 +133,7 @@ def _bwd_preprocess_kernel(
         off_hkv = off_h // kv_group_size
         offs_d = tl.arange(0, BLOCK_DQK)
         q_ptrs = q_ptr + b64 * stride_q_batch + h64 * stride_q_head + rows64 * stride_q_seq \
-            + offs_d[None, :] * stride_q_dim
+            + offs_d.to(tl.int64)[None, :] * stride_q_dim
         q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
         k_base = k_ptr + b64 * stride_k_batch + off_hkv.to(tl.int64) * stride_k_head
         mask_base = mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head
@@ -152,7 +152,7 @@ def _bwd_preprocess_kernel(
         dw_scale = _dw_scale(num_heads_q, DW_MEAN, USE_FP64)
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
-            k_ptrs = k_base + offs_n.to(tl.int64)[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim
+            k_ptrs = k_base + offs_n.to(tl.int64)[None, :] * stride_k_seq + offs_d.to(tl.int64)[:, None] * stride_k_dim
             k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, not EVEN_N)
             s = scaled_scores(q, k_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
             s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
@@ -195,7 +195,7 @@ def _dkdv_query_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_b
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_m64 = offs_m.to(tl.int64)
-        q_t_ptrs = q_base + offs_m64[None, :] * stride_q_seq + offs_d[:, None] * stride_q_dim
+        q_t_ptrs = q_base + offs_m64[None, :] * stride_q_seq + offs_d.to(tl.int64)[:, None] * stride_q_dim
         q_t = load_tile(q_t_ptrs, offs_d[:, None], offs_m[None, :], head_dim, seqlen_q, not EVEN_DQK, BOUNDARY)
         row_max, log_sum = load_row_stats(lse_base, offs_m, seqlen_q, BOUNDARY)
         if BOUNDARY:
@@ -207,7 +207,7 @@ def _dkdv_query_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_b
                           pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
                           BOUNDARY, not EVEN_N, BOUNDARY and IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
         p_t = probabilities(s_t, row_max[None, :], log_sum[None, :], USE_FP64)
-        do_ptrs = do_base + offs_m64[:, None] * stride_dout_seq + offs_dv[None, :] * stride_dout_dim
+        do_ptrs = do_base + offs_m64[:, None] * stride_dout_seq + offs_dv.to(tl.int64)[None, :] * stride_dout_dim
         do = load_tile(do_ptrs, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, BOUNDARY, not EVEN_DV)
         if HAS_DROPOUT:
             keep_t = dropout_keep(seed, rng_stream, offs_m[None, :], offs_n[:, None], dropout_p)
@@ -270,9 +270,9 @@ def _bwd_dkdv_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
 
     k_ptrs = k_ptr + b64 * stride_k_batch + hkv64 * stride_k_head + offs_n64[:, None] * stride_k_seq \
-        + offs_d[None, :] * stride_k_dim
+        + offs_d.to(tl.int64)[None, :] * stride_k_dim
     v_ptrs = v_ptr + b64 * stride_v_batch + hkv64 * stride_v_head + offs_n64[:, None] * stride_v_seq \
-        + offs_dv[None, :] * stride_v_dim
+        + offs_dv.to(tl.int64)[None, :] * stride_v_dim
     k = load_tile(k_ptrs, offs_n[:, None], offs_d[None, :], seqlen_k, head_dim, not EVEN_N, not EVEN_DQK)
     v = load_tile(v_ptrs, offs_n[:, None], offs_dv[None, :], seqlen_k, head_dim_v, not EVEN_N, not EVEN_DV)
     if USE_FP64:
@@ -350,9 +350,9 @@ def _bwd_dkdv_kernel(
     else:
         dk = dk * sm_scale
     dk_ptrs = dk_ptr + b64 * stride_dk_batch + hkv64 * stride_dk_head + offs_n64[:, None] * stride_dk_seq \
-        + offs_d[None, :] * stride_dk_dim
+        + offs_d.to(tl.int64)[None, :] * stride_dk_dim
     dv_ptrs = dv_ptr + b64 * stride_dv_batch + hkv64 * stride_dv_head + offs_n64[:, None] * stride_dv_seq \
-        + offs_dv[None, :] * stride_dv_dim
+        + offs_dv.to(tl.int64)[None, :] * stride_dv_dim
     store_tile(dk_ptrs, dk, offs_n[:, None], offs_d[None, :], seqlen_k, head_dim, not EVEN_N, not EVEN_DQK)
     store_tile(dv_ptrs, dv, offs_n[:, None], offs_dv[None, :], seqlen_k, head_dim_v, not EVEN_N, not EVEN_DV)
 
@@ -380,8 +380,8 @@ def _dq_key_loop(dq, q, do, row_max, log_sum, delta, k_base, v_base, mask_base, 
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_n64 = offs_n.to(tl.int64)
-        k_ptrs = k_base + offs_n64[:, None] * stride_k_seq + offs_d[None, :] * stride_k_dim
-        v_ptrs = v_base + offs_n64[:, None] * stride_v_seq + offs_dv[None, :] * stride_v_dim
+        k_ptrs = k_base + offs_n64[:, None] * stride_k_seq + offs_d.to(tl.int64)[None, :] * stride_k_dim
+        v_ptrs = v_base + offs_n64[:, None] * stride_v_seq + offs_dv.to(tl.int64)[None, :] * stride_v_dim
         k = load_tile(k_ptrs, offs_n[:, None], offs_d[None, :], seqlen_k, head_dim, CHECK_N, not EVEN_DQK)
         v = load_tile(v_ptrs, offs_n[:, None], offs_dv[None, :], seqlen_k, head_dim_v, CHECK_N, not EVEN_DV)
         s = scaled_scores(q, tl.trans(k), qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
@@ -438,9 +438,9 @@ def _bwd_dq_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
 
     q_ptrs = q_ptr + b64 * stride_q_batch + h64 * stride_q_head + offs_m64[:, None] * stride_q_seq \
-        + offs_d[None, :] * stride_q_dim
+        + offs_d.to(tl.int64)[None, :] * stride_q_dim
     do_ptrs = dout_ptr + b64 * stride_dout_batch + h64 * stride_dout_head + offs_m64[:, None] * stride_dout_seq \
-        + offs_dv[None, :] * stride_dout_dim
+        + offs_dv.to(tl.int64)[None, :] * stride_dout_dim
     q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
     do = load_tile(do_ptrs, offs_m[:, None], offs_dv[None, :], seqlen_q, head_dim_v, not EVEN_M, not EVEN_DV)
     row_max, log_sum = load_row_stats(lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m,
@@ -487,7 +487,7 @@ def _bwd_dq_kernel(
     else:
         dq = dq * sm_scale
     dq_ptrs = dq_ptr + b64 * stride_dq_batch + h64 * stride_dq_head + offs_m64[:, None] * stride_dq_seq \
-        + offs_d[None, :] * stride_dq_dim
+        + offs_d.to(tl.int64)[None, :] * stride_dq_dim
     store_tile(dq_ptrs, dq, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
 
 

@@ -226,7 +226,7 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, p
         if USE_TMA:
             k_t = tl.trans(k_desc.load([start_n, 0]))
         else:
-            k_ptrs = k_base + offs_n64[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim
+            k_ptrs = k_base + offs_n64[None, :] * stride_k_seq + offs_d.to(tl.int64)[:, None] * stride_k_dim
             k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, CHECK_N)
         s = scaled_scores(q, k_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
         s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
@@ -244,7 +244,7 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, p
         if USE_TMA:
             v = v_desc.load([start_n, 0])
         else:
-            v_ptrs = v_base + offs_n64[:, None] * stride_v_seq + offs_dv[None, :] * stride_v_dim
+            v_ptrs = v_base + offs_n64[:, None] * stride_v_seq + offs_dv.to(tl.int64)[None, :] * stride_v_dim
             v = load_tile(v_ptrs, offs_n[:, None], offs_dv[None, :], seqlen_k, head_dim_v, CHECK_N, not EVEN_DV)
         acc = acc * alpha[:, None] + matmul(p.to(v.dtype), v, USE_FP64, DOT_PRECISION)
         m_i = m_new
@@ -316,7 +316,7 @@ def _attn_fwd_kernel(
     else:
         k_desc = k_base
         v_desc = v_base
-        q_ptrs = q_base + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim
+        q_ptrs = q_base + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d.to(tl.int64)[None, :] * stride_q_dim
         q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
 
     seed = 0
@@ -362,7 +362,7 @@ def _attn_fwd_kernel(
 
     lse_ptrs = lse_ptr + ((b64 * num_heads_q + h64) * seqlen_q + offs_m) * 2
     out_base = out_ptr + b64 * stride_out_batch + h64 * stride_out_head
-    out_ptrs = out_base + offs_m.to(tl.int64)[:, None] * stride_out_seq + offs_dv[None, :] * stride_out_dim
+    out_ptrs = out_base + offs_m.to(tl.int64)[:, None] * stride_out_seq + offs_dv.to(tl.int64)[None, :] * stride_out_dim
     if not EVEN_M:
         tl.store(lse_ptrs, row_max, mask=offs_m < seqlen_q)
         tl.store(lse_ptrs + 1, log_sum, mask=offs_m < seqlen_q)
@@ -511,9 +511,9 @@ def _attn_weights_kernel(
             h64 = tl.cast(off_h, tl.int64)
             hkv64 = tl.cast(off_h // kv_group_size, tl.int64)
             q_ptrs = (q_ptr + b64 * stride_q_batch + h64 * stride_q_head
-                      + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim)
+                      + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d.to(tl.int64)[None, :] * stride_q_dim)
             k_ptrs = (k_ptr + b64 * stride_k_batch + hkv64 * stride_k_head
-                      + offs_n64[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim)
+                      + offs_n64[None, :] * stride_k_seq + offs_d.to(tl.int64)[:, None] * stride_k_dim)
             q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
             k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, not EVEN_N)
             # A row with nothing to attend to comes back with m = +inf: its probabilities are 0.

@@ -163,9 +163,9 @@ def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base
             s = s + bias
     if HAS_PADDING:
         if CHECK_COLS:
-            padded = tl.load(pad_base + cols * stride_pad_k, mask=cols < seqlen_k, other=1)
+            padded = tl.load(pad_base + cols.to(tl.int64) * stride_pad_k, mask=cols < seqlen_k, other=1)
         else:
-            padded = tl.load(pad_base + cols * stride_pad_k)
+            padded = tl.load(pad_base + cols.to(tl.int64) * stride_pad_k)
         s = tl.where(padded != 0, float("-inf"), s)
     if CHECK_COLS:
         s = tl.where(cols < seqlen_k, s, float("-inf"))
