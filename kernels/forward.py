@@ -55,7 +55,8 @@ __all__ = [
     "lse_to_natural",
 ]
 
-# CUDA limits grid dimensions y and z to 65535; heads and batch go there.
+# CUDA limits grid dimensions y and z to 65535; heads and batch go there, as in FlashAttention-2
+# (axis x holds the query blocks, so that programs launched together share a head's keys in L2).
 _MAX_GRID_YZ = 65535
 
 
@@ -187,7 +188,9 @@ def _descriptor_scratch(device: torch.device, needed: bool) -> Iterator[None]:
 
 def _check_grid(batch: int, heads: int) -> None:
     if batch > _MAX_GRID_YZ or heads > _MAX_GRID_YZ:
-        raise ValueError(f"batch ({batch}) and query heads ({heads}) must each be at most {_MAX_GRID_YZ}")
+        raise ValueError(f"on the kernel path, batch ({batch}) and query heads ({heads}) must each be at most "
+                         f"{_MAX_GRID_YZ} (CUDA's grid limit on the axes they run on); split the batch into "
+                         f"chunks of at most {_MAX_GRID_YZ} and concatenate the results")
 
 
 def lse_to_natural(lse: torch.Tensor) -> torch.Tensor:
@@ -597,7 +600,7 @@ def dropout_keep_mask(seed: torch.Tensor, batch: int, heads: int, seqlen_q: int,
     if keep.numel() == 0:
         return keep.bool()
     block = 64
-    grid = (triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block), batch * heads)
+    grid = (batch * heads, triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block))
     launchable(_dropout_mask_kernel)[grid](keep, seed, seqlen_q, seqlen_k, heads, float(dropout_p),
                                            BLOCK_M=block, BLOCK_N=block)
     return keep.bool()

@@ -228,10 +228,12 @@ def _dropout_mask_kernel(keep_ptr, seed_ptr, seqlen_q, seqlen_k, num_heads, drop
 
     keep_ptr  uint8 [B, H, seqlen_q, seqlen_k], contiguous
     seed_ptr  int64 [1]
+    grid: (B * H, cdiv(seqlen_q, BLOCK_M), cdiv(seqlen_k, BLOCK_N)); B * H on axis 0, whose limit
+    is 2**31 - 1 (axes 1 and 2 stop at 65535)
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    bh = tl.program_id(2)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_n = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     seed = tl.load(seed_ptr)

@@ -109,3 +109,33 @@ def test_backend_names():
     with pytest.raises(ValueError, match="backend"):
         with attnlens.use_backend("fast"):
             pass
+
+
+@pytest.mark.parametrize("batch,heads", [(65536, 1), (1, 65536)])
+def test_batch_and_heads_past_the_grid_limit_are_named(batch, heads):
+    """The kernels run batch and heads on CUDA grid axes limited to 65535 (as FlashAttention-2
+    does): past it the kernel path says so and what to do, rather than failing to launch. The
+    reference path has no such limit."""
+    q = torch.randn(batch, heads, 1, 8)
+    with pytest.raises(ValueError, match=r"batch \((65536|1)\) and query heads \((1|65536)\).*65535.*split the batch"):
+        _call("kernels", q, q, q)
+    out = _call("reference", q, q, q)
+    assert torch.equal(out, q)  # one key: the output is its value
+
+
+def test_dropout_mask_runs_batch_times_heads_on_the_unlimited_grid_axis(monkeypatch):
+    """``attnlens.dropout_mask`` launches one program per (batch, head) and tile. batch * heads
+    passes 65535 far sooner than batch or heads alone (4096 x 16 does), so it runs on grid axis 0,
+    whose limit is 2**31 - 1; the other axes hold the tiles."""
+    from attnlens.kernels import forward
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(forward, "launchable", lambda kernel: Recorder())
+    seed = torch.zeros(1, dtype=torch.int64)
+    forward.dropout_keep_mask(seed, 4096, 16, 65, 130, 0.5)
+    assert grids == [(4096 * 16, 2, 3)]
