@@ -132,10 +132,13 @@ for _kernel in KERNELS:
 # sm_90, sm_100 and sm_80: the large-shared-memory parts. Every 16-bit entry was compiled for its
 # architecture with the commonest call's flags (python -m attnlens.kernels.report --full) and with
 # ragged lengths, causal masking and key padding, alone and together; every heavy entry also with
-# bool and float masks, dropout and the weights' gradient, alone and in pairs and triples with the
-# others (bench/NOTES.md, step 4; all of them at once still spills a little). None of those keeps
-# anything in a stack frame (no STL/LDL). The rows differ where one architecture's ptxas spills
-# with another's choice. fp32/fp64 rows: the commonest call only, but fp32 dK/dV (step 5, below).
+# bool and float masks, dropout and the weights' gradient, alone and in the pairs and triples
+# bench/NOTES.md step 4 lists (all of them at once still spills a little). None of those keeps
+# anything in a stack frame (no STL/LDL). Step 6 found sm_90 combinations with dropout that do
+# (dK/dV at d<=128 with a bool mask and dropout on ragged lengths: 184 B, in the loop); the
+# spill-free tiles there give up wgmma, so the rows wait for a GPU run. The rows differ where one
+# architecture's ptxas spills with another's choice. fp32/fp64 rows: the commonest call only, but
+# fp32 dK/dV (step 5, below).
 _LARGE_SHARED_16 = {
     #                  ordinary rows per head-dim bound        heavy rows (is_heavy) where they differ
     "sm90": {
