@@ -111,6 +111,18 @@ def reference(q, k, v, dtype=None, **kwargs):
     return reference_attention(p)
 
 
+def check_forward(q, k, v, **kwargs) -> None:
+    """The output, the per-head weights and the head-averaged weights of one call against the
+    float64 reference, by flash-attn's rule."""
+    out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
+    _, mean = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean", **kwargs)
+    exact = reference(q, k, v, torch.float64, **kwargs)
+    lowp = reference(q, k, v, q.dtype, **kwargs)
+    assert_rule("out", out, exact[0], lowp[0])
+    assert_rule("weights", weights, exact[1], lowp[1])
+    assert_rule("mean weights", mean, exact[1].mean(1), lowp[1].mean(1))
+
+
 def sdpa(*args, **kwargs):
     return attnlens.scaled_dot_product_attention(*args, **kwargs)
 

@@ -26,8 +26,7 @@ from typing import Sequence
 import pytest
 import torch
 
-import attnlens
-from helpers import DEVICE, assert_rule, check_grads, reference
+from helpers import DEVICE, check_forward, check_grads
 
 TWO_31 = 2 ** 31
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU-only: sparse address-space views "
@@ -69,21 +68,11 @@ def _qkv(name: str):
     return _far(name), _far(name), _far(name)
 
 
-def _check_forward(q, k, v, **kwargs):
-    out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
-    _, mean = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean", **kwargs)
-    exact = reference(q, k, v, torch.float64, **kwargs)
-    lowp = reference(q, k, v, q.dtype, **kwargs)
-    assert_rule("out", out, exact[0], lowp[0])
-    assert_rule("weights", weights, exact[1], lowp[1])
-    assert_rule("mean weights", mean, exact[1].mean(1), lowp[1].mean(1))
-
-
 @pytest.mark.parametrize("dim", list(LAYOUTS))
 def test_inputs_whose_offsets_pass_int32(dim):
     q, k, v = _qkv(dim)
-    _check_forward(q, k, v)
-    _check_forward(q, k, v, is_causal=True)
+    check_forward(q, k, v)
+    check_forward(q, k, v, is_causal=True)
 
 
 @pytest.mark.parametrize("dim", list(LAYOUTS))
@@ -108,8 +97,8 @@ def test_masks_whose_offsets_pass_int32():
     pad[1, SEQ // 2:] = True
     pad[2, :3] = True
     padding = far_view((3, SEQ), (1, 2 ** 26), torch.bool, fill=pad)
-    _check_forward(q, k, v, attn_mask=bool_mask)
-    _check_forward(q, k, v, attn_mask=float_mask)
-    _check_forward(q, k, v, key_padding_mask=padding, is_causal=True)
+    check_forward(q, k, v, attn_mask=bool_mask)
+    check_forward(q, k, v, attn_mask=float_mask)
+    check_forward(q, k, v, key_padding_mask=padding, is_causal=True)
     check_grads(q, k, v, attn_mask=bool_mask, key_padding_mask=padding)
     check_grads(q, k, v, attn_mask=float_mask, grad_weights=True, return_weights="mean")
