@@ -5,6 +5,7 @@
 #   bash bench/gpu_session.sh tests      # GPU-only tests, then the kernel tests compiled for the card
 #   bash bench/gpu_session.sh core       # bench: fp16, N 1k/4k/16k, d 64/128, no mask and causal
 #   bash bench/gpu_session.sh sweep-d64  # launch-configuration sweep, head dim 64 (then sweep-d128)
+#   bash bench/gpu_session.sh sweep-training  # the sweep's heavy training call (causal, padding, dropout)
 #   bash bench/gpu_session.sh grid-fp16  # the rest of the grid, in parts: grid-fp16, grid-bf16, tour
 #
 # Logs and benchmark JSON go to $OUT (the device tool's output folder) or bench/results/incoming.
@@ -13,7 +14,7 @@
 # bench/results/ as <device>-<date>-<part>.json and summarise it (bench/results/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part="${1:?usage: bash bench/gpu_session.sh tests|core|sweep-d64|sweep-d128|grid-fp16|grid-bf16|tour}"
+part="${1:?usage: bash bench/gpu_session.sh tests|core|sweep-d64|sweep-d128|sweep-training|grid-fp16|grid-bf16|tour}"
 budget="${2:-540}"  # seconds for this part's steps together
 out="${OUT:-bench/results/incoming}"
 mkdir -p "$out"
@@ -59,7 +60,10 @@ case "$part" in
         -k "grid and fp16 and (N1024- or N4096- or N16384-) and not padding"
     ;;
   sweep-d64 | sweep-d128)
-    bench "$part" "$budget" bench/test_config_sweep.py --bench-seconds 0.1 -k "${part#sweep-}-"
+    bench "$part" "$budget" bench/test_config_sweep.py --bench-seconds 0.1 -k "${part#sweep-}- and not dropout"
+    ;;
+  sweep-training)
+    bench "$part" "$budget" bench/test_config_sweep.py --bench-seconds 0.1 -k "causal-padding-dropout"
     ;;
   grid-fp16 | grid-bf16)
     bench "$part" "$budget" bench/test_attention_bench.py --bench-seconds 0.1 \

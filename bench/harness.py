@@ -68,13 +68,20 @@ class Case:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
+    # ``mask`` is "none" or a "-"-joined set of "causal", "padding" and "dropout" (the last two
+    # also in the sweep's training case, "causal-padding-dropout").
     @property
     def causal(self) -> bool:
-        return self.mask == "causal"
+        return "causal" in self.mask.split("-")
 
     @property
     def padded(self) -> bool:
-        return self.mask == "padding"
+        return "padding" in self.mask.split("-")
+
+    @property
+    def dropout_p(self) -> float:
+        """Attention dropout of a training call (0.1, as in BERT and GPT-2), or 0."""
+        return 0.1 if "dropout" in self.mask.split("-") else 0.0
 
     @property
     def embed_dim(self) -> int:
@@ -83,7 +90,7 @@ class Case:
     def params(self) -> Dict[str, object]:
         return {"family": self.family, "batch": self.batch, "heads": self.heads, "seqlen_q": self.seqlen,
                 "seqlen_k": self.seqlen, "head_dim": self.head_dim, "dtype": self.dtype, "mask": self.mask,
-                "causal": self.causal, "key_padding": self.padded}
+                "causal": self.causal, "key_padding": self.padded, "dropout_p": self.dropout_p}
 
 
 def grid_cases() -> List[Case]:

@@ -12,9 +12,15 @@ candidate against the default. What each benchmark times:
   candidate, so the ranking is the weights kernel's);
 - ``backward_dkdv``, ``backward_dq``: forward then backward (likewise).
 
+Besides the commonest calls (no mask, causal) there is one training call, causal with key
+padding and attention dropout (``causal-padding-dropout``): it runs the heavy-call rows
+(``attnlens.kernels.config.is_heavy``), with candidates of its own that include the spill-free
+tiles giving up wgmma on sm_90 (bench/NOTES.md, step 6), so a GPU run can say which costs less.
+
 Every candidate is first checked against the default configuration on the same inputs (output,
-weights, gradients): a configuration that computes something else fails the run rather than
-being timed. A candidate the compiler cannot fit (shared memory) is skipped with the reason.
+weights, gradients; with dropout, from the same seed): a configuration that computes something
+else fails the run rather than being timed. A candidate the compiler cannot fit (shared memory) is
+skipped with the reason.
 
 Without CUDA one tiny case and two candidates per kernel run through Triton's interpreter: proof
 that the sweep works, not a speed claim, like the rest of the CPU smoke run.
@@ -38,6 +44,8 @@ from harness import (
     attention_bytes,
     attention_flops,
     attention_input_sets,
+    key_lengths,
+    key_padding_mask,
     measure,
     rel_error,
     rotation,
@@ -71,27 +79,54 @@ _GPU_TMA_CANDIDATES: Dict[str, List[Tuple[int, int, int, int]]] = {
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
     "weights": [(128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2)],
 }
+# The heavy-call rows' neighbourhood, for the training case. On sm_90 at d=128 the dK/dV row
+# (16x128x8x2) spills with dropout in combination; 16x64x8x2 spills less and keeps wgmma;
+# 32x32x8x2 and 16x32x8x2 spill nowhere but run on HMMA (bench/NOTES.md, step 6).
+_GPU_HEAVY_CANDIDATES: Dict[str, List[Tuple[int, int, int, int]]] = {
+    "forward": [(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
+    "weights": [(128, 64, 8, 2), (128, 64, 4, 2), (64, 64, 4, 2)],
+    "backward_dkdv": [(16, 128, 8, 2), (16, 64, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2), (32, 128, 8, 2)],
+    "backward_dq": [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2)],
+}
 _CPU_CANDIDATES = {kernel: [(16, 16, 4, 1), (32, 16, 4, 1)] for kernel in KERNEL_OPS}
+_CPU_HEAVY_CANDIDATES = {kernel: [(16, 16, 4, 1)] for kernel in KERNEL_OPS}
 _CPU_TMA_CANDIDATES = {"forward": [(16, 16, 4, 1)]}
 CANDIDATES = _GPU_CANDIDATES if CUDA else _CPU_CANDIDATES
+HEAVY_CANDIDATES = _GPU_HEAVY_CANDIDATES if CUDA else _CPU_HEAVY_CANDIDATES
 TMA_CANDIDATES = _GPU_TMA_CANDIDATES if CUDA else _CPU_TMA_CANDIDATES
+TRAINING = "causal-padding-dropout"
 
 
-def _specs(kernel: str) -> List[str]:
-    """``default``, then ``MxNxWxS`` per candidate, then ``MxNxWxS+tma`` per descriptor candidate."""
+def _specs(kernel: str, heavy: bool = False) -> List[str]:
+    """``default``, then ``MxNxWxS`` per candidate, then ``MxNxWxS+tma`` per descriptor candidate
+    (``heavy``: the heavy-call candidates, and no descriptor ones)."""
+    if heavy:
+        return ["default"] + ["x".join(map(str, c)) for c in HEAVY_CANDIDATES[kernel]]
     return (["default"] + ["x".join(map(str, c)) for c in CANDIDATES[kernel]]
             + ["x".join(map(str, c)) + "+tma" for c in TMA_CANDIDATES.get(kernel, [])])
 
 
 def sweep_cases() -> List[Case]:
     """On a GPU: N = 4096 (the size the weights target names), head dim 64 and 128 with
-    heads x head dim = 2048 and batch 4, fp16, without mask and causal. On a CPU: one tiny case."""
+    heads x head dim = 2048 and batch 4, fp16: no mask, causal, and the training call (causal,
+    key padding, dropout 0.1). On a CPU: two tiny cases."""
     if not CUDA:
-        return [Case("sweep", 1, 2, 40, 16, "fp16", "causal")]
-    return [Case("sweep", 4, 2048 // d, 4096, d, "fp16", mask) for d in (64, 128) for mask in ("none", "causal")]
+        return [Case("sweep", 1, 2, 40, 16, "fp16", "causal"), Case("sweep", 2, 2, 40, 16, "fp16", TRAINING)]
+    return [Case("sweep", 4, 2048 // d, 4096, d, "fp16", mask) for d in (64, 128)
+            for mask in ("none", "causal", TRAINING)]
 
 
 CASES = {c.id: c for c in sweep_cases()}
+
+
+def _heavy(case: Case) -> bool:
+    """Whether the case's calls take the heavy-call rows: dropout does (``config.is_heavy``)."""
+    return case.dropout_p > 0
+
+
+#: (case id, "<kernel>-<spec>"): each case with its own candidates
+PAIRS = [(case_id, f"{kernel}-{spec}") for case_id, case in CASES.items()
+         for kernel in KERNEL_OPS for spec in _specs(kernel, _heavy(case))]
 
 
 def config_label(cfg: KernelConfig) -> str:
@@ -100,21 +135,32 @@ def config_label(cfg: KernelConfig) -> str:
     return f"{cfg.block_m}x{cfg.block_n}-w{cfg.num_warps}-s{cfg.num_stages}" + ("-tma" if cfg.tma else "")
 
 
-def _call(case: Case, op: str) -> Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]]:
+def _call(case: Case, op: str,
+          pad: Optional[torch.Tensor]) -> Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]]:
     """``tensors -> results`` for the op; the results are what the correctness check compares."""
+    kwargs = dict(is_causal=case.causal, key_padding_mask=pad, dropout_p=case.dropout_p)
+
     def call(t: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         if op == "fwdbwd":
             for name in ("q", "k", "v"):
                 t[name].grad = None
-            out = attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=case.causal)
+            out = attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], **kwargs)
             out.backward(t["grad"])
             return [out.detach(), t["q"].grad, t["k"].grad, t["v"].grad]
         with torch.no_grad():
             if op == "weights":
-                return list(attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=case.causal,
-                                                                  return_weights=True))
-            return [attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=case.causal)]
+                return list(attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], return_weights=True,
+                                                                  **kwargs))
+            return [attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], **kwargs)]
     return call
+
+
+def _seeded(call: Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]],
+            tensors: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    """``call(tensors)`` from a fixed state of torch's generator: with dropout, the same pattern
+    for the default and the candidate, so that their results can be compared."""
+    torch.manual_seed(20261201)
+    return call(tensors)
 
 
 def _max_rel_error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
@@ -137,15 +183,14 @@ def _does_not_fit(exc: BaseException) -> bool:
     return isinstance(exc, OutOfResources) or isinstance(exc.__cause__, OutOfResources)
 
 
-@pytest.mark.parametrize("candidate", [f"{kernel}-{spec}" for kernel in CANDIDATES for spec in _specs(kernel)])
-@pytest.mark.parametrize("case_id", list(CASES))
+@pytest.mark.parametrize("case_id,candidate", PAIRS)
 def test_config(benchmark, bench_env, case_id: str, candidate: str):
     case = CASES[case_id]
     kernel, spec = candidate.rsplit("-", 1)
     op = KERNEL_OPS[kernel]
     env = bench_env
     dtype = case.torch_dtype
-    default = get_config(kernel, env.device, dtype, case.head_dim, interpreted=not env.cuda)
+    default = get_config(kernel, env.device, dtype, case.head_dim, interpreted=not env.cuda, heavy=_heavy(case))
     cfg = default if spec == "default" else parse_config(spec)
     if spec != "default" and cfg == default:
         pytest.skip(f"{config_label(cfg)} is this machine's default {kernel} configuration, "
@@ -154,11 +199,12 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
 
     generator = torch.Generator(device=env.device).manual_seed(zlib.crc32(f"{case.id} {candidate}".encode()))
     sets = attention_input_sets(case, env, generator, training=op == "fwdbwd")
-    call = _call(case, op)
-    want = call(sets[0])  # the default configuration
+    lengths = key_lengths(case, torch.Generator().manual_seed(zlib.crc32(case.id.encode())))
+    call = _call(case, op, key_padding_mask(case, lengths, env.device))
+    want = _seeded(call, sets[0])  # the default configuration
     with override_config(kernel, **dataclasses.asdict(cfg)):
         try:
-            got = call(sets[0])
+            got = _seeded(call, sets[0])
         except Exception as exc:
             if not _does_not_fit(exc):
                 raise
@@ -171,10 +217,12 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
         weights = "per_head" if op == "weights" else "none"
         bench_op = "fwd" if op == "weights" else op
         info: Dict[str, Optional[object]] = {
-            "flops": attention_flops(case, None, bench_op), "bytes": attention_bytes(case, None, bench_op, weights),
+            "flops": attention_flops(case, lengths, bench_op),
+            "bytes": attention_bytes(case, lengths, bench_op, weights),
             "weights": weights, "weights_bytes": weights_bytes(case, weights), "input_sets": len(sets),
             "impl": "attnlens-sweep", "op": op, "case": case.id, "kernel": kernel, "config": config_label(cfg),
-            "default_config": config_label(default), "is_default": spec == "default",
+            "default_config": config_label(default), "is_default": spec == "default", "heavy": _heavy(case),
+            "key_lengths": lengths,
             "max_rel_error_vs_default": error, "attnlens_path": attnlens.selected_backend(env.device),
             "tma_used": tma_used,
             **case.params(),
