@@ -100,6 +100,26 @@ def test_the_backward_allocates_no_n_by_n_tensor(call, mode):
     assert not _at_least_scores(sizes), f"N x N allocations ({SCORES} B per head): {sizes[:5]}"
 
 
+@pytest.mark.parametrize("average", [True, False])
+def test_the_drop_in_module_allocates_only_the_weights_it_returns(average):
+    """``attnlens.MultiHeadAttention`` with torch's defaults (``need_weights=True``, averaged) holds
+    the head average only; with ``average_attn_weights=False`` the per-head weights; with
+    ``need_weights=False`` nothing N x N. Causal masking with key padding, as a decoder uses it."""
+    mha = attnlens.MultiHeadAttention(H * D, H, batch_first=True)
+    x = torch.randn(B, NQ, H * D, device=DEVICE)
+    pad = torch.zeros(B, NQ, dtype=torch.bool, device=DEVICE)
+    pad[:, NQ - 9:] = True
+    causal = torch.ones(NQ, NQ, dtype=torch.bool, device=DEVICE).triu(1)  # True = not allowed, as torch's
+    one_head = NQ * NQ * ELEMENT
+    with torch.no_grad():
+        sizes = allocations(lambda: mha(x, x, x, key_padding_mask=pad, attn_mask=causal, is_causal=True,
+                                        average_attn_weights=average))
+        without = allocations(lambda: mha(x, x, x, key_padding_mask=pad, need_weights=False))
+    expected = B * one_head * (1 if average else H)
+    assert [s for s in sizes if s >= one_head] == [expected], sizes[:5]
+    assert not [s for s in without if s >= one_head], without[:5]
+
+
 def test_the_check_sees_n_by_n_allocations():
     """The reference path materialises the scores and the softmax: the same check must see them."""
     q, k, v = _inputs()
