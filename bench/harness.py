@@ -68,20 +68,23 @@ class Case:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    # ``mask`` is "none" or a "-"-joined set of "causal", "padding" and "dropout" (the last two
-    # also in the sweep's training case, "causal-padding-dropout").
+    def _has(self, part: str) -> bool:
+        """``mask`` is "none" or a "-"-joined set of "causal", "padding" and "dropout" (all three
+        in the sweep's training case, "causal-padding-dropout")."""
+        return part in self.mask.split("-")
+
     @property
     def causal(self) -> bool:
-        return "causal" in self.mask.split("-")
+        return self._has("causal")
 
     @property
     def padded(self) -> bool:
-        return "padding" in self.mask.split("-")
+        return self._has("padding")
 
     @property
     def dropout_p(self) -> float:
         """Attention dropout of a training call (0.1, as in BERT and GPT-2), or 0."""
-        return 0.1 if "dropout" in self.mask.split("-") else 0.0
+        return 0.1 if self._has("dropout") else 0.0
 
     @property
     def embed_dim(self) -> int:

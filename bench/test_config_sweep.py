@@ -36,9 +36,10 @@ import pytest
 import torch
 
 import attnlens
-from attnlens.kernels.config import KernelConfig, get_config, override_config
+from attnlens.kernels.config import KernelConfig, get_config, is_heavy, override_config
 from attnlens.kernels.forward import tma_eligible
 from attnlens.kernels.report import parse_config
+from attnlens.kernels.tiles import MASK_NONE
 from harness import (
     Case,
     attention_bytes,
@@ -120,8 +121,9 @@ CASES = {c.id: c for c in sweep_cases()}
 
 
 def _heavy(case: Case) -> bool:
-    """Whether the case's calls take the heavy-call rows: dropout does (``config.is_heavy``)."""
-    return case.dropout_p > 0
+    """Whether the case's calls take the heavy-call rows (the launchers' rule: no mask tensor here,
+    so dropout decides)."""
+    return is_heavy(MASK_NONE, case.dropout_p > 0)
 
 
 #: (case id, "<kernel>-<spec>"): each case with its own candidates
