@@ -29,20 +29,37 @@ def _register(name: str, fn, mutates_args=()):
     return torch.library.custom_op(name, fn, mutates_args=mutates_args)
 
 
-def _problem(query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal, causal_offset,
-             allow_tf32, kv_range=None) -> AttentionProblem:
-    return AttentionProblem(scale=scale, is_causal=is_causal, causal_offset=causal_offset,
-                            attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                            dropout_p=dropout_p, seed=seed, allow_tf32=allow_tf32, kv_range=kv_range)
+def _problem(
+    query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal, causal_offset, allow_tf32, kv_range=None
+) -> AttentionProblem:
+    return AttentionProblem(
+        scale=scale,
+        is_causal=is_causal,
+        causal_offset=causal_offset,
+        attn_mask=attn_mask,
+        key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p,
+        seed=seed,
+        allow_tf32=allow_tf32,
+        kv_range=kv_range,
+    )
 
 
-def _forward_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
-                  seed: Optional[torch.Tensor], scale: float, dropout_p: float, is_causal: bool,
-                  causal_offset: int, weights_mode: int, allow_tf32: bool
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    problem = _problem(query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal,
-                       causal_offset, allow_tf32)
+def _forward_impl(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor],
+    key_padding_mask: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor],
+    scale: float,
+    dropout_p: float,
+    is_causal: bool,
+    causal_offset: int,
+    weights_mode: int,
+    allow_tf32: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    problem = _problem(query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal, causal_offset, allow_tf32)
     out, lse = attention_forward(query, key, value, problem)
     if weights_mode == _MODE_NONE:
         weights = query.new_empty((0,))
@@ -55,8 +72,20 @@ attention_op = _register("attnlens::attention_forward", _forward_impl)
 
 
 @attention_op.register_fake
-def _forward_fake(query, key, value, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal,
-                  causal_offset, weights_mode, allow_tf32):
+def _forward_fake(
+    query,
+    key,
+    value,
+    attn_mask,
+    key_padding_mask,
+    seed,
+    scale,
+    dropout_p,
+    is_causal,
+    causal_offset,
+    weights_mode,
+    allow_tf32,
+):
     batch, heads_q, seqlen_q, _ = query.shape
     seqlen_k, head_dim_v = key.shape[2], value.shape[3]
     out = _like_query_layout(query, (batch, heads_q, seqlen_q, head_dim_v))
@@ -71,31 +100,82 @@ def _forward_fake(query, key, value, attn_mask, key_padding_mask, seed, scale, d
     return out, lse, weights
 
 
-def _backward_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
-                   lse: torch.Tensor, grad_out: torch.Tensor, grad_weights: Optional[torch.Tensor],
-                   attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
-                   seed: Optional[torch.Tensor], scale: float, dropout_p: float, is_causal: bool,
-                   causal_offset: int, weights_mode: int, allow_tf32: bool
-                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    problem = _problem(query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal,
-                       causal_offset, allow_tf32)
-    return attention_backward(query, key, value, out, lse, grad_out, problem, grad_weights=grad_weights,
-                              weights_mean=weights_mode == _MODE_MEAN)
+def _backward_impl(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_weights: Optional[torch.Tensor],
+    attn_mask: Optional[torch.Tensor],
+    key_padding_mask: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor],
+    scale: float,
+    dropout_p: float,
+    is_causal: bool,
+    causal_offset: int,
+    weights_mode: int,
+    allow_tf32: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    problem = _problem(query, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal, causal_offset, allow_tf32)
+    return attention_backward(
+        query,
+        key,
+        value,
+        out,
+        lse,
+        grad_out,
+        problem,
+        grad_weights=grad_weights,
+        weights_mean=weights_mode == _MODE_MEAN,
+    )
 
 
 attention_backward_op = _register("attnlens::attention_backward", _backward_impl)
 
 
 @attention_backward_op.register_fake
-def _backward_fake(query, key, value, out, lse, grad_out, grad_weights, attn_mask, key_padding_mask, seed,
-                   scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32):
-    return (_like_query_layout(query, tuple(query.shape)), _like_query_layout(key, tuple(key.shape)),
-            _like_query_layout(value, tuple(value.shape)))
+def _backward_fake(
+    query,
+    key,
+    value,
+    out,
+    lse,
+    grad_out,
+    grad_weights,
+    attn_mask,
+    key_padding_mask,
+    seed,
+    scale,
+    dropout_p,
+    is_causal,
+    causal_offset,
+    weights_mode,
+    allow_tf32,
+):
+    return (
+        _like_query_layout(query, tuple(query.shape)),
+        _like_query_layout(key, tuple(key.shape)),
+        _like_query_layout(value, tuple(value.shape)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
-    (query, key, value, attn_mask, key_padding_mask, seed, scale, dropout_p, is_causal,
-     causal_offset, weights_mode, allow_tf32) = inputs
+    (
+        query,
+        key,
+        value,
+        attn_mask,
+        key_padding_mask,
+        seed,
+        scale,
+        dropout_p,
+        is_causal,
+        causal_offset,
+        weights_mode,
+        allow_tf32,
+    ) = inputs
     out, lse, _ = output
     ctx.save_for_backward(query, key, value, out, lse, attn_mask, key_padding_mask, seed)
     ctx.params = (scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32)
@@ -113,8 +193,23 @@ def _backward(ctx, grad_out, grad_lse, grad_weights):
     if weights_mode == _MODE_NONE:
         grad_weights = None
     grad_q, grad_k, grad_v = attention_backward_op(
-        query, key, value, out, lse, grad_out, grad_weights, attn_mask, key_padding_mask, seed,
-        scale, dropout_p, is_causal, causal_offset, weights_mode, allow_tf32)
+        query,
+        key,
+        value,
+        out,
+        lse,
+        grad_out,
+        grad_weights,
+        attn_mask,
+        key_padding_mask,
+        seed,
+        scale,
+        dropout_p,
+        is_causal,
+        causal_offset,
+        weights_mode,
+        allow_tf32,
+    )
     return grad_q, grad_k, grad_v, None, None, None, None, None, None, None, None, None
 
 

@@ -95,8 +95,7 @@ class AttentionCapture:
         ``name``, in order."""
         if kind is not None and kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
-        return [r for r in self.records
-                if (kind is None or r.kind == kind) and (name is None or name in r.name)]
+        return [r for r in self.records if (kind is None or r.kind == kind) and (name is None or name in r.name)]
 
     def stack(self, kind: Optional[str] = None, name: Optional[str] = None) -> torch.Tensor:
         """The selected records' weights stacked: ``[L, B, H, Nq, Nk]``, first module first.
@@ -108,12 +107,16 @@ class AttentionCapture:
         """
         records = self.select(kind, name)
         if not records:
-            raise ValueError(f"no records with kind={kind!r} and name containing {name!r}; recorded: "
-                             f"{[(r.name, r.kind) for r in self.records]}")
+            raise ValueError(
+                f"no records with kind={kind!r} and name containing {name!r}; recorded: "
+                f"{[(r.name, r.kind) for r in self.records]}"
+            )
         shapes = {r.shape for r in records}
         if len(shapes) > 1:
-            raise ValueError(f"the selected records have different shapes {sorted(shapes)}; select fewer "
-                             "(e.g. by name) or capture one forward")
+            raise ValueError(
+                f"the selected records have different shapes {sorted(shapes)}; select fewer "
+                "(e.g. by name) or capture one forward"
+            )
         return torch.stack([r.weights for r in records])
 
     def clear(self) -> None:
@@ -132,11 +135,14 @@ class _ModuleState:
         self.sinks: List[Callable[[torch.Tensor, str], None]] = []
         self.requests: List[Tuple[bool, bool, str]] = []
         self.signature = inspect.signature(module.forward)
-        self.handles = (module.register_forward_pre_hook(self.pre_hook, with_kwargs=True),
-                        module.register_forward_hook(self.hook))
+        self.handles = (
+            module.register_forward_pre_hook(self.pre_hook, with_kwargs=True),
+            module.register_forward_hook(self.hook),
+        )
 
-    def pre_hook(self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
-                 ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    def pre_hook(
+        self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         bound = self.signature.bind(*args, **kwargs)
         arguments = bound.arguments
         parameters = self.signature.parameters
@@ -200,8 +206,10 @@ def capture_attention(model: nn.Module, *, detach: bool = True) -> Iterator[Atte
         raise TypeError(f"detach must be a bool, got {type(detach).__name__}")
     modules = _attention_modules(model)
     if not modules:
-        raise ValueError(f"{type(model).__name__} has no attention module (torch.nn.MultiheadAttention, "
-                         "attnlens.MultiHeadAttention) to capture")
+        raise ValueError(
+            f"{type(model).__name__} has no attention module (torch.nn.MultiheadAttention, "
+            "attnlens.MultiHeadAttention) to capture"
+        )
     capture = AttentionCapture([name for name, _ in modules])
     attached: List[Tuple[nn.Module, Callable[[torch.Tensor, str], None]]] = []
 
@@ -212,9 +220,16 @@ def capture_attention(model: nn.Module, *, detach: bool = True) -> Iterator[Atte
         def sink(weights: torch.Tensor, call_kind: str) -> None:
             if weights.dim() == 3:  # an unbatched call: [H, Nq, Nk]
                 weights = weights.unsqueeze(0)
-            capture.records.append(AttentionRecord(name=name, layer=layer, kind=named_kind or call_kind,
-                                                   weights=weights.detach() if detach else weights,
-                                                   call=len(capture.records)))
+            capture.records.append(
+                AttentionRecord(
+                    name=name,
+                    layer=layer,
+                    kind=named_kind or call_kind,
+                    weights=weights.detach() if detach else weights,
+                    call=len(capture.records),
+                )
+            )
+
         return sink
 
     try:

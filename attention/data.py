@@ -63,8 +63,9 @@ def _positions_in_sentence(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def _target_content(task: str, src: torch.Tensor, lengths: torch.Tensor,
-                    generator: Optional[torch.Generator], vocab_size: int) -> torch.Tensor:
+def _target_content(
+    task: str, src: torch.Tensor, lengths: torch.Tensor, generator: Optional[torch.Generator], vocab_size: int
+) -> torch.Tensor:
     """The target tokens ``[num, max_length]`` (content then PAD) that ``task`` makes of ``src``.
 
     ``generator`` is only used by ``random``.
@@ -95,7 +96,7 @@ def _assemble_target(content: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
     num, max_length = content.shape
     tgt = torch.full((num, max_length + 2), PAD_ID, dtype=torch.long)
     tgt[:, 0] = BOS_ID
-    tgt[:, 1:max_length + 1] = content
+    tgt[:, 1 : max_length + 1] = content
     tgt[torch.arange(num), lengths + 1] = EOS_ID
     return tgt
 
@@ -117,8 +118,16 @@ class SyntheticData(Dataset):
     (``validate_dataset`` checks).
     """
 
-    def __init__(self, src: torch.Tensor, tgt: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor,
-                 task: str, vocab_size: int, max_length: int) -> None:
+    def __init__(
+        self,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+        lengths: torch.Tensor,
+        ids: torch.Tensor,
+        task: str,
+        vocab_size: int,
+        max_length: int,
+    ) -> None:
         self.src = src
         self.tgt = tgt
         self.lengths = lengths
@@ -135,7 +144,7 @@ class SyntheticData(Dataset):
     @property
     def targets(self) -> List[List[int]]:
         """The target sentences without BOS, EOS and padding, as lists of token ids."""
-        return [row[1:length + 1] for row, length in zip(self.tgt.tolist(), self.lengths.tolist())]
+        return [row[1 : length + 1] for row, length in zip(self.tgt.tolist(), self.lengths.tolist())]
 
     def __len__(self) -> int:
         return int(self.src.shape[0])
@@ -145,13 +154,22 @@ class SyntheticData(Dataset):
         return self.src[index], self.tgt[index]
 
     def __repr__(self) -> str:
-        return (f"SyntheticData(task={self.task!r}, num_sentences={len(self)}, "
-                f"vocab_size={self.vocab_size}, max_length={self.max_length})")
+        return (
+            f"SyntheticData(task={self.task!r}, num_sentences={len(self)}, "
+            f"vocab_size={self.vocab_size}, max_length={self.max_length})"
+        )
 
     def subset(self, rows: torch.Tensor) -> "SyntheticData":
         """A new dataset of the given rows (a LongTensor of row indices), ids kept."""
-        return SyntheticData(self.src[rows], self.tgt[rows], self.lengths[rows], self.ids[rows],
-                             self.task, self.vocab_size, self.max_length)
+        return SyntheticData(
+            self.src[rows],
+            self.tgt[rows],
+            self.lengths[rows],
+            self.ids[rows],
+            self.task,
+            self.vocab_size,
+            self.max_length,
+        )
 
     def split(self, fraction: float, seed: int = 0) -> Tuple["SyntheticData", "SyntheticData"]:
         """Shuffle the sentences with ``seed`` and return ``(train, held_out)``.
@@ -174,8 +192,9 @@ class SyntheticData(Dataset):
         return self.subset(order[num_held_out:]), self.subset(order[:num_held_out])
 
 
-def generate_synthetic_data(num_sentences: int, vocab_size: int, max_length: int, task: str = "copy", *,
-                            min_length: int = 1, seed: int = 0) -> SyntheticData:
+def generate_synthetic_data(
+    num_sentences: int, vocab_size: int, max_length: int, task: str = "copy", *, min_length: int = 1, seed: int = 0
+) -> SyntheticData:
     """Generate ``num_sentences`` source/target pairs for ``task``.
 
     Source lengths are uniform in ``[min_length, max_length]``, source tokens uniform over the
@@ -201,8 +220,10 @@ def generate_synthetic_data(num_sentences: int, vocab_size: int, max_length: int
         raise ValueError(f"num_sentences must be >= 0, got {num_sentences}")
     smallest_vocab = NUM_SPECIAL_TOKENS + MIN_CONTENT_TOKENS
     if vocab_size < smallest_vocab:
-        raise ValueError(f"vocab_size must be at least {smallest_vocab} ({NUM_SPECIAL_TOKENS} special tokens "
-                         f"PAD, BOS, EOS plus at least {MIN_CONTENT_TOKENS} content tokens), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {smallest_vocab} ({NUM_SPECIAL_TOKENS} special tokens "
+            f"PAD, BOS, EOS plus at least {MIN_CONTENT_TOKENS} content tokens), got {vocab_size}"
+        )
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     if not 1 <= min_length <= max_length:
@@ -273,8 +294,9 @@ class DatasetSummary:
         try:
             import pandas
         except ImportError as exc:
-            raise ImportError("DatasetSummary.to_dataframe needs pandas, which is not installed: "
-                              "pip install pandas") from exc
+            raise ImportError(
+                "DatasetSummary.to_dataframe needs pandas, which is not installed: pip install pandas"
+            ) from exc
         return pandas.DataFrame([self.to_dict()])
 
 
@@ -298,8 +320,9 @@ def _check_structure(data: SyntheticData) -> None:
     max_length = check_int("data.max_length", data.max_length)
     _check_task(data.task)
     if vocab_size < NUM_SPECIAL_TOKENS + MIN_CONTENT_TOKENS:
-        raise ValueError(f"data.vocab_size must be at least {NUM_SPECIAL_TOKENS + MIN_CONTENT_TOKENS}, "
-                         f"got {vocab_size}")
+        raise ValueError(
+            f"data.vocab_size must be at least {NUM_SPECIAL_TOKENS + MIN_CONTENT_TOKENS}, got {vocab_size}"
+        )
     if max_length < 1:
         raise ValueError(f"data.max_length must be >= 1, got {max_length}")
     if data.src.dim() != 2:
@@ -309,8 +332,12 @@ def _check_structure(data: SyntheticData) -> None:
     for name, shape in expected.items():
         got = tuple(getattr(data, name).shape)
         if got != shape:
-            described = {"src": "[num, max_length]", "tgt": "[num, max_length + 2]", "lengths": "[num]",
-                         "ids": "[num]"}[name]
+            described = {
+                "src": "[num, max_length]",
+                "tgt": "[num, max_length + 2]",
+                "lengths": "[num]",
+                "ids": "[num]",
+            }[name]
             raise ValueError(f"data.{name} must have shape {described} = {list(shape)}, got {list(got)}")
 
 
@@ -353,17 +380,21 @@ def validate_dataset(data: SyntheticData, *, check_task: bool = True) -> Dataset
         if outside.any():
             row = _first_row(outside)
             col = int(outside[row].nonzero()[0, 0])
-            raise ValueError(f"data.{name} has token {int(tokens[row, col])} outside [0, vocab_size={vocab_size}) "
-                             f"in sentence id {int(ids[row])} (row {row}), position {col}")
+            raise ValueError(
+                f"data.{name} has token {int(tokens[row, col])} outside [0, vocab_size={vocab_size}) "
+                f"in sentence id {int(ids[row])} (row {row}), position {col}"
+            )
 
     bad_length = (lengths < 1) | (lengths > max_length)
     if bad_length.any():
         row = _first_row(bad_length)
-        raise ValueError(f"data.lengths must be in [1, max_length={max_length}], got {int(lengths[row])} for "
-                         f"sentence id {int(ids[row])} (row {row})")
+        raise ValueError(
+            f"data.lengths must be in [1, max_length={max_length}], got {int(lengths[row])} for "
+            f"sentence id {int(ids[row])} (row {row})"
+        )
 
     inside = _positions_in_sentence(lengths, max_length)
-    target_content = tgt[:, 1:max_length + 1]
+    target_content = tgt[:, 1 : max_length + 1]
     # A missing value in a token sequence is a PAD where the length says a token should be.
     missing_in_src = inside & (src == PAD_ID)
     missing_in_tgt = inside & (target_content == PAD_ID)
@@ -371,38 +402,48 @@ def validate_dataset(data: SyntheticData, *, check_task: bool = True) -> Dataset
     for name, missing, tokens in (("src", missing_in_src, src), ("tgt", missing_in_tgt, tgt)):
         if missing.any():
             row = _first_row(missing)
-            raise ValueError(f"data.{name} has PAD inside a sentence ({missing_values} missing value(s) in all), "
-                             f"first in sentence id {int(ids[row])} (row {row}) of length {int(lengths[row])}: "
-                             f"{tokens[row].tolist()}")
+            raise ValueError(
+                f"data.{name} has PAD inside a sentence ({missing_values} missing value(s) in all), "
+                f"first in sentence id {int(ids[row])} (row {row}) of length {int(lengths[row])}: "
+                f"{tokens[row].tolist()}"
+            )
     for name, content in (("src", src), ("tgt", target_content)):
         special_inside = inside & (content < NUM_SPECIAL_TOKENS)
         if special_inside.any():
             row = _first_row(special_inside)
-            raise ValueError(f"data.{name} has a special token (BOS/EOS) inside sentence id {int(ids[row])} "
-                             f"(row {row}): {getattr(data, name)[row].tolist()}")
+            raise ValueError(
+                f"data.{name} has a special token (BOS/EOS) inside sentence id {int(ids[row])} "
+                f"(row {row}): {getattr(data, name)[row].tolist()}"
+            )
     content_after_end = ~inside & (src != PAD_ID)
     if content_after_end.any():
         row = _first_row(content_after_end)
-        raise ValueError(f"data.src has non-PAD tokens after the end given by data.lengths "
-                         f"({int(lengths[row])}) in sentence id {int(ids[row])} (row {row}): {src[row].tolist()}")
+        raise ValueError(
+            f"data.src has non-PAD tokens after the end given by data.lengths "
+            f"({int(lengths[row])}) in sentence id {int(ids[row])} (row {row}): {src[row].tolist()}"
+        )
     # Rebuilding the expected frame from the target's own content checks BOS, EOS and the
     # padding after EOS in one comparison; the content itself is checked by the task below.
     expected_frame = _assemble_target(torch.where(inside, target_content, torch.full_like(src, PAD_ID)), lengths)
     wrong_frame = tgt != expected_frame
     if wrong_frame.any():
         row = _first_row(wrong_frame)
-        raise ValueError(f"data.tgt of sentence id {int(ids[row])} (row {row}) must be BOS, {int(lengths[row])} "
-                         f"content tokens (its length), EOS, then PAD; got {tgt[row].tolist()}")
+        raise ValueError(
+            f"data.tgt of sentence id {int(ids[row])} (row {row}) must be BOS, {int(lengths[row])} "
+            f"content tokens (its length), EOS, then PAD; got {tgt[row].tolist()}"
+        )
 
     if check_task and data.task != "random":
         expected_content = _target_content(data.task, src, lengths, None, vocab_size)
         wrong = inside & (target_content != expected_content)
         if wrong.any():
             row = _first_row(wrong)
-            raise ValueError(f"data.tgt is not the {data.task!r} of data.src for sentence id {int(ids[row])} "
-                             f"(row {row}): source {src[row, :int(lengths[row])].tolist()}, target "
-                             f"{target_content[row, :int(lengths[row])].tolist()}, expected "
-                             f"{expected_content[row, :int(lengths[row])].tolist()}")
+            raise ValueError(
+                f"data.tgt is not the {data.task!r} of data.src for sentence id {int(ids[row])} "
+                f"(row {row}): source {src[row, : int(lengths[row])].tolist()}, target "
+                f"{target_content[row, : int(lengths[row])].tolist()}, expected "
+                f"{expected_content[row, : int(lengths[row])].tolist()}"
+            )
 
     histogram_counts = torch.bincount(lengths, minlength=max_length + 1)
     length_histogram = {length: int(histogram_counts[length]) for length in range(1, max_length + 1)}

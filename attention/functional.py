@@ -51,6 +51,7 @@ def kernels_available(device: torch.device) -> bool:
     if ops is None:
         return False
     from attnlens.kernels import INTERPRETED
+
     if INTERPRETED:
         return device.type in ("cpu", "cuda")
     return device.type == "cuda"
@@ -94,6 +95,7 @@ def _auto_picks_kernels(device: torch.device) -> bool:
     """Whether ``"auto"`` runs the kernels on a device they can run on: not on a CUDA device older
     than Triton supports (``MIN_KERNEL_CAPABILITY``)."""
     from attnlens.kernels import INTERPRETED
+
     return INTERPRETED or device.type != "cuda" or _capability(device) >= MIN_KERNEL_CAPABILITY
 
 
@@ -106,22 +108,26 @@ def selected_backend(device: torch.device) -> str:
         return "kernels" if backend == "kernels" or _auto_picks_kernels(device) else "reference"
     if backend == "kernels":
         reason = f" ({_kernel_import_error})" if _kernel_import_error else ""
-        raise RuntimeError(f"attnlens kernels cannot run on device {device}{reason}: they need a CUDA "
-                           f"device, or TRITON_INTERPRET=1 set before triton is imported for CPU tensors")
+        raise RuntimeError(
+            f"attnlens kernels cannot run on device {device}{reason}: they need a CUDA "
+            f"device, or TRITON_INTERPRET=1 set before triton is imported for CPU tensors"
+        )
     return "reference"
 
 
 def _check_mask_grad(p: Prepared) -> None:
     mask = p.attn_mask
     if mask is not None and mask.requires_grad and torch.is_grad_enabled():
-        raise ValueError("attn_mask requires grad, but attnlens treats masks as constants and computes "
-                         "no gradient for them; pass attn_mask.detach() (or compute a learned bias "
-                         "outside attention)")
+        raise ValueError(
+            "attn_mask requires grad, but attnlens treats masks as constants and computes "
+            "no gradient for them; pass attn_mask.detach() (or compute a learned bias "
+            "outside attention)"
+        )
 
 
 def _draw_seed(device: torch.device) -> torch.Tensor:
     """A Philox seed from torch's generator for ``device``, so torch.manual_seed reproduces dropout."""
-    return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
 def dropout_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -147,6 +153,7 @@ def dropout_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> to
         keep = torch.ones((batch, heads_q, seqlen_q, seqlen_k), dtype=torch.bool, device=device)
     elif selected_backend(device) == "kernels":
         from attnlens.kernels.forward import dropout_keep_mask
+
         keep = dropout_keep_mask(_draw_seed(device), batch, heads_q, seqlen_q, seqlen_k, p.dropout_p)
     else:  # the reference's draw (attnlens.reference.attention)
         draw = torch.rand((batch, heads_q, seqlen_q, seqlen_k), device=device, dtype=torch.float32)
@@ -158,16 +165,34 @@ def _kernel_attention(p: Prepared) -> Tuple[torch.Tensor, torch.Tensor]:
     seed = _draw_seed(p.query.device) if p.dropout_p > 0.0 else None
     allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
     out, _, weights = _ops_module().attention_op(
-        p.query, p.key, p.value, p.attn_mask, p.key_padding_mask, seed, p.scale, p.dropout_p,
-        p.is_causal, p.causal_offset, p.weights_mode, allow_tf32)
+        p.query,
+        p.key,
+        p.value,
+        p.attn_mask,
+        p.key_padding_mask,
+        seed,
+        p.scale,
+        p.dropout_p,
+        p.is_causal,
+        p.causal_offset,
+        p.weights_mode,
+        allow_tf32,
+    )
     return out, weights
 
 
 def scaled_dot_product_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0, is_causal: bool = False,
-    scale: Optional[float] = None, enable_gqa: bool = False, *,
-    key_padding_mask: Optional[torch.Tensor] = None, causal_alignment: str = "top_left",
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    *,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    causal_alignment: str = "top_left",
     return_weights: ReturnWeights = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Scaled dot-product attention that can also return the exact attention weights.
@@ -198,8 +223,19 @@ def scaled_dot_product_attention(
     requires grad raises ``ValueError``. Bad arguments raise ``TypeError``/``ValueError`` naming
     the argument, what it got and what it expects.
     """
-    p = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                key_padding_mask, causal_alignment, return_weights)
+    p = prepare(
+        query,
+        key,
+        value,
+        attn_mask,
+        dropout_p,
+        is_causal,
+        scale,
+        enable_gqa,
+        key_padding_mask,
+        causal_alignment,
+        return_weights,
+    )
     _check_mask_grad(p)
     if selected_backend(p.query.device) == "kernels":
         out, weights = _kernel_attention(p)

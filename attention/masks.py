@@ -35,8 +35,7 @@ def _check_tokens(name: str, tokens: object, shape_hint: str, ndims: Tuple[int, 
     if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
         raise TypeError(f"{name} must hold integer token ids (e.g. torch.long), got dtype {dtype}")
     if tokens.dim() not in ndims:
-        raise ValueError(f"{name} must be {shape_hint}, got shape {tuple(tokens.shape)} "
-                         f"({tokens.dim()}-D)")
+        raise ValueError(f"{name} must be {shape_hint}, got shape {tuple(tokens.shape)} ({tokens.dim()}-D)")
     return tokens
 
 
@@ -116,11 +115,11 @@ def create_masks(src: torch.Tensor, tgt: torch.Tensor, pad_id: int = PAD_ID) -> 
     tgt = _check_tokens("tgt", tgt, "[B, Nt]", (2,))
     pad_id = check_int("pad_id", pad_id)
     if src.shape[0] != tgt.shape[0]:
-        raise ValueError(f"src and tgt must have the same batch size, got src {tuple(src.shape)} "
-                         f"and tgt {tuple(tgt.shape)}")
+        raise ValueError(
+            f"src and tgt must have the same batch size, got src {tuple(src.shape)} and tgt {tuple(tgt.shape)}"
+        )
     if src.device != tgt.device:
-        raise ValueError(f"src and tgt must be on the same device, got src on {src.device} and "
-                         f"tgt on {tgt.device}")
+        raise ValueError(f"src and tgt must be on the same device, got src on {src.device} and tgt on {tgt.device}")
     return Masks(
         src_key_padding_mask=padding_mask(src, pad_id),
         tgt_key_padding_mask=padding_mask(tgt, pad_id),

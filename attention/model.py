@@ -107,13 +107,25 @@ class TransformerEncoderLayer(nn.Module):
     weights ``[B, H, N, N]`` per head (after attention dropout in training mode).
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: Activation = F.relu, layer_norm_eps: float = 1e-5, batch_first: bool = False,
-                 norm_first: bool = False, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = F.relu,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.self_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            **factory)
+        self.self_attn = MultiHeadAttention(
+            d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **factory
+        )
         self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, **factory)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, **factory)
@@ -125,9 +137,15 @@ class TransformerEncoderLayer(nn.Module):
         self.activation = _activation(activation)
         self.batch_first = batch_first
 
-    def forward(self, src: torch.Tensor, src_mask: Optional[torch.Tensor] = None,
-                src_key_padding_mask: Optional[torch.Tensor] = None, is_causal: bool = False, *,
-                need_weights: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_mask: Optional[torch.Tensor] = None,
+        src_key_padding_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        *,
+        need_weights: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         if is_causal and src_mask is None:
             src_mask = _causal_attn_mask(src, self.batch_first)
         x = src
@@ -141,10 +159,24 @@ class TransformerEncoderLayer(nn.Module):
             x = self.norm2(x + self._ff_block(x))
         return (x, weights) if need_weights else x
 
-    def _sa_block(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
-                  is_causal: bool, need_weights: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        out, weights = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                      need_weights=need_weights, average_attn_weights=False, is_causal=is_causal)
+    def _sa_block(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor],
+        key_padding_mask: Optional[torch.Tensor],
+        is_causal: bool,
+        need_weights: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        out, weights = self.self_attn(
+            x,
+            x,
+            x,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            average_attn_weights=False,
+            is_causal=is_causal,
+        )
         return self.dropout1(out), _per_head(weights)
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,15 +202,28 @@ class TransformerDecoderLayer(nn.Module):
     cross_attn [B, H, Nt, Ns]))`` with ``need_weights=True``.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: Activation = F.relu, layer_norm_eps: float = 1e-5, batch_first: bool = False,
-                 norm_first: bool = False, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = F.relu,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.self_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            **factory)
-        self.multihead_attn = MultiHeadAttention(d_model, nhead, dropout=dropout, bias=bias,
-                                                 batch_first=batch_first, **factory)
+        self.self_attn = MultiHeadAttention(
+            d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **factory
+        )
+        self.multihead_attn = MultiHeadAttention(
+            d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first, **factory
+        )
         self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, **factory)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, **factory)
@@ -192,48 +237,86 @@ class TransformerDecoderLayer(nn.Module):
         self.activation = _activation(activation)
         self.batch_first = batch_first
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, tgt_mask: Optional[torch.Tensor] = None,
-                memory_mask: Optional[torch.Tensor] = None, tgt_key_padding_mask: Optional[torch.Tensor] = None,
-                memory_key_padding_mask: Optional[torch.Tensor] = None, tgt_is_causal: bool = False,
-                memory_is_causal: bool = False, *, need_weights: bool = False
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, DecoderWeights]]:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        tgt_mask: Optional[torch.Tensor] = None,
+        memory_mask: Optional[torch.Tensor] = None,
+        tgt_key_padding_mask: Optional[torch.Tensor] = None,
+        memory_key_padding_mask: Optional[torch.Tensor] = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+        *,
+        need_weights: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, DecoderWeights]]:
         if tgt_is_causal and tgt_mask is None:
             tgt_mask = _causal_attn_mask(tgt, self.batch_first)
         x = tgt
         if self.norm_first:
-            attended, self_weights = self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal,
-                                                    need_weights)
+            attended, self_weights = self._sa_block(
+                self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal, need_weights
+            )
             x = x + attended
-            attended, cross_weights = self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
-                                                      memory_is_causal, need_weights)
+            attended, cross_weights = self._mha_block(
+                self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal, need_weights
+            )
             x = x + attended
             x = x + self._ff_block(self.norm3(x))
         else:
             attended, self_weights = self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal, need_weights)
             x = self.norm1(x + attended)
-            attended, cross_weights = self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
-                                                      memory_is_causal, need_weights)
+            attended, cross_weights = self._mha_block(
+                x, memory, memory_mask, memory_key_padding_mask, memory_is_causal, need_weights
+            )
             x = self.norm2(x + attended)
             x = self.norm3(x + self._ff_block(x))
         return (x, DecoderWeights(self_weights, cross_weights)) if need_weights else x
 
-    def _sa_block(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
-                  is_causal: bool, need_weights: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        out, weights = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                      need_weights=need_weights, average_attn_weights=False, is_causal=is_causal)
+    def _sa_block(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor],
+        key_padding_mask: Optional[torch.Tensor],
+        is_causal: bool,
+        need_weights: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        out, weights = self.self_attn(
+            x,
+            x,
+            x,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            average_attn_weights=False,
+            is_causal=is_causal,
+        )
         return self.dropout1(out), _per_head(weights)
 
-    def _mha_block(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: Optional[torch.Tensor],
-                   key_padding_mask: Optional[torch.Tensor], is_causal: bool, need_weights: bool
-                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _mha_block(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        attn_mask: Optional[torch.Tensor],
+        key_padding_mask: Optional[torch.Tensor],
+        is_causal: bool,
+        need_weights: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if is_causal and attn_mask is None:
             # torch's memory_is_causal is a hint about memory_mask; without one, build it (top-left).
             nq = x.shape[1] if (x.dim() == 3 and self.batch_first) else x.shape[0]
             nk = memory.shape[1] if (memory.dim() == 3 and self.batch_first) else memory.shape[0]
             attn_mask = torch.ones(nq, nk, dtype=torch.bool, device=x.device).triu(1)
-        out, weights = self.multihead_attn(x, memory, memory, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                           need_weights=need_weights, average_attn_weights=False,
-                                           is_causal=is_causal)
+        out, weights = self.multihead_attn(
+            x,
+            memory,
+            memory,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            average_attn_weights=False,
+            is_causal=is_causal,
+        )
         return self.dropout2(out), _per_head(weights)
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,11 +358,24 @@ class TransformerModel(nn.Module):
     Positions count from 0 at the first token, padding included (padding sits after the tokens).
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 64, nhead: int = 4, num_layers: int = 2,
-                 dim_feedforward: int = 128, dropout: float = 0.1, max_len: int = 512,
-                 kind: str = "encoder_decoder", norm_first: bool = True, pad_id: int = PAD_ID, *,
-                 num_decoder_layers: Optional[int] = None, activation: Activation = "relu",
-                 bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 64,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: int = 128,
+        dropout: float = 0.1,
+        max_len: int = 512,
+        kind: str = "encoder_decoder",
+        norm_first: bool = True,
+        pad_id: int = PAD_ID,
+        *,
+        num_decoder_layers: Optional[int] = None,
+        activation: Activation = "relu",
+        bos_id: int = BOS_ID,
+        eos_id: int = EOS_ID,
+    ) -> None:
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, 1)
         self.d_model = check_int("d_model", d_model, 1)
@@ -287,8 +383,9 @@ class TransformerModel(nn.Module):
         if self.d_model % self.nhead:
             raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
         num_layers = check_int("num_layers", num_layers, 1)
-        num_decoder_layers = num_layers if num_decoder_layers is None else \
-            check_int("num_decoder_layers", num_decoder_layers, 1)
+        num_decoder_layers = (
+            num_layers if num_decoder_layers is None else check_int("num_decoder_layers", num_decoder_layers, 1)
+        )
         dim_feedforward = check_int("dim_feedforward", dim_feedforward, 1)
         self.max_len = check_int("max_len", max_len, 1)
         if kind not in MODEL_KINDS:
@@ -303,11 +400,18 @@ class TransformerModel(nn.Module):
         self.pad_id, self.bos_id, self.eos_id = int(pad_id), int(bos_id), int(eos_id)
 
         self.embedding = nn.Embedding(self.vocab_size, self.d_model, padding_idx=self.pad_id)
-        self.positional = SinusoidalPositionalEncoding(self.d_model, self.max_len, dropout=float(dropout),
-                                                       batch_first=True)
-        layer_args = dict(d_model=self.d_model, nhead=self.nhead, dim_feedforward=dim_feedforward,
-                          dropout=float(dropout), activation=activation, batch_first=True,
-                          norm_first=self.norm_first)
+        self.positional = SinusoidalPositionalEncoding(
+            self.d_model, self.max_len, dropout=float(dropout), batch_first=True
+        )
+        layer_args = dict(
+            d_model=self.d_model,
+            nhead=self.nhead,
+            dim_feedforward=dim_feedforward,
+            dropout=float(dropout),
+            activation=activation,
+            batch_first=True,
+            norm_first=self.norm_first,
+        )
         num_encoder = num_layers if kind in ("encoder_decoder", "encoder") else 0
         num_decoder = num_decoder_layers if kind == "encoder_decoder" else (num_layers if kind == "decoder" else 0)
         # A decoder-only model has no memory to cross-attend to: its layers are encoder layers run
@@ -340,8 +444,10 @@ class TransformerModel(nn.Module):
         """Token embeddings plus positional encodings (then dropout): ``[B, N]`` -> ``[B, N, d_model]``."""
         tokens = _check_tokens("tokens", tokens, self.vocab_size)
         if tokens.shape[1] > self.max_len:
-            raise ValueError(f"sequence of length {tokens.shape[1]} is longer than max_len={self.max_len}; "
-                             f"build the model with a larger max_len")
+            raise ValueError(
+                f"sequence of length {tokens.shape[1]} is longer than max_len={self.max_len}; "
+                f"build the model with a larger max_len"
+            )
         return self.positional(self.embedding(tokens))
 
     def encode(self, src: torch.Tensor) -> torch.Tensor:
@@ -364,8 +470,9 @@ class TransformerModel(nn.Module):
         tgt_padding = padding_mask(tgt_in, self.pad_id)
         src_padding = padding_mask(src, self.pad_id)
         for layer in self.decoder_layers:
-            x = layer(x, memory, tgt_key_padding_mask=tgt_padding, memory_key_padding_mask=src_padding,
-                      tgt_is_causal=True)
+            x = layer(
+                x, memory, tgt_key_padding_mask=tgt_padding, memory_key_padding_mask=src_padding, tgt_is_causal=True
+            )
         return self.output(self.decoder_norm(x))
 
     def forward(self, tokens: torch.Tensor, tgt_in: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -404,7 +511,7 @@ class TransformerModel(nn.Module):
             return self(src, tgt[:, :-1]), tgt[:, 1:]
         if self.kind == "encoder":
             width = src.shape[1]
-            content = tgt[:, 1:width + 1]
+            content = tgt[:, 1 : width + 1]
             labels = torch.where(src == self.pad_id, torch.full_like(content, self.pad_id), content)
             return self(src), labels
         tokens = torch.cat([src, tgt[:, :-1]], dim=1)
@@ -427,8 +534,10 @@ class TransformerModel(nn.Module):
         """
         src = _check_tokens("src", src, self.vocab_size)
         if self.kind == "encoder":
-            raise RuntimeError("generate() needs a model with a decoder; this one is encoder-only "
-                               "(its logits already give every position's token: model(src).argmax(-1))")
+            raise RuntimeError(
+                "generate() needs a model with a decoder; this one is encoder-only "
+                "(its logits already give every position's token: model(src).argmax(-1))"
+            )
         steps = src.shape[1] + 1 if max_new_tokens is None else check_int("max_new_tokens", max_new_tokens, 0)
         batch = src.shape[0]
         generated = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=src.device)
@@ -448,11 +557,23 @@ class TransformerModel(nn.Module):
         return generated[:, 1:]
 
 
-def build_transformer_model(vocab_size: int, d_model: int = 64, nhead: int = 4, num_layers: int = 2,
-                            dim_feedforward: int = 128, dropout: float = 0.1, max_len: int = 512,
-                            kind: str = "encoder_decoder", norm_first: bool = True, pad_id: int = PAD_ID, *,
-                            num_decoder_layers: Optional[int] = None, activation: Activation = "relu",
-                            bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> TransformerModel:
+def build_transformer_model(
+    vocab_size: int,
+    d_model: int = 64,
+    nhead: int = 4,
+    num_layers: int = 2,
+    dim_feedforward: int = 128,
+    dropout: float = 0.1,
+    max_len: int = 512,
+    kind: str = "encoder_decoder",
+    norm_first: bool = True,
+    pad_id: int = PAD_ID,
+    *,
+    num_decoder_layers: Optional[int] = None,
+    activation: Activation = "relu",
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+) -> TransformerModel:
     """A small batch-first transformer sequence model over ``vocab_size`` token ids.
 
     Args:
@@ -474,12 +595,24 @@ def build_transformer_model(vocab_size: int, d_model: int = 64, nhead: int = 4, 
     Returns:
         A ``TransformerModel`` (in training mode, as every new module).
     """
-    return TransformerModel(vocab_size, d_model, nhead, num_layers, dim_feedforward, dropout, max_len, kind,
-                            norm_first, pad_id, num_decoder_layers=num_decoder_layers, activation=activation,
-                            bos_id=bos_id, eos_id=eos_id)
+    return TransformerModel(
+        vocab_size,
+        d_model,
+        nhead,
+        num_layers,
+        dim_feedforward,
+        dropout,
+        max_len,
+        kind,
+        norm_first,
+        pad_id,
+        num_decoder_layers=num_decoder_layers,
+        activation=activation,
+        bos_id=bos_id,
+        eos_id=eos_id,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -109,18 +109,41 @@ class MultiHeadAttention(nn.MultiheadAttention):
     including the random initialisation under a given seed, is torch's.
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
-                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
-                 dtype=None, *, num_kv_heads: Optional[int] = None) -> None:
-        super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
-                         batch_first, device=device, dtype=dtype)
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        dropout=0.0,
+        bias=True,
+        add_bias_kv=False,
+        add_zero_attn=False,
+        kdim=None,
+        vdim=None,
+        batch_first=False,
+        device=None,
+        dtype=None,
+        *,
+        num_kv_heads: Optional[int] = None,
+    ) -> None:
+        super().__init__(
+            embed_dim,
+            num_heads,
+            dropout,
+            bias,
+            add_bias_kv,
+            add_zero_attn,
+            kdim,
+            vdim,
+            batch_first,
+            device=device,
+            dtype=dtype,
+        )
         if num_kv_heads is None:
             num_kv_heads = num_heads
         if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, numbers.Integral):
             raise TypeError(f"num_kv_heads must be an int or None, got {type(num_kv_heads).__name__}")
         if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
-            raise ValueError(f"num_kv_heads must be a positive divisor of num_heads={num_heads}, "
-                             f"got {num_kv_heads}")
+            raise ValueError(f"num_kv_heads must be a positive divisor of num_heads={num_heads}, got {num_kv_heads}")
         self.num_kv_heads = int(num_kv_heads)
         if self.num_kv_heads != num_heads:
             self._use_grouped_projections(bias, add_bias_kv, device, dtype)
@@ -151,10 +174,17 @@ class MultiHeadAttention(nn.MultiheadAttention):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
-                attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """torch's ``MultiheadAttention.forward``, computed by ``attnlens.scaled_dot_product_attention``.
 
         Returns ``(attn_output, attn_weights)``: output ``[B, Nq, E]`` (``[Nq, B, E]`` unless
@@ -164,14 +194,18 @@ class MultiHeadAttention(nn.MultiheadAttention):
         of ``add_bias_kv`` and of ``add_zero_attn``.
         """
         if query.is_nested or key.is_nested or value.is_nested:
-            raise NotImplementedError("attnlens.MultiHeadAttention does not take NestedTensor inputs; "
-                                      "pad the batch and pass key_padding_mask")
+            raise NotImplementedError(
+                "attnlens.MultiHeadAttention does not take NestedTensor inputs; pad the batch and pass key_padding_mask"
+            )
         _check_mask_type(key_padding_mask, "key_padding_mask")
         _check_mask_type(attn_mask, "attn_mask")
         if key_padding_mask is not None and attn_mask is not None and key_padding_mask.dtype != attn_mask.dtype:
-            warnings.warn(f"key_padding_mask ({key_padding_mask.dtype}) and attn_mask ({attn_mask.dtype}) have "
-                          f"different dtypes; torch deprecates mixing them, pass both as bool or both as float",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"key_padding_mask ({key_padding_mask.dtype}) and attn_mask ({attn_mask.dtype}) have "
+                f"different dtypes; torch deprecates mixing them, pass both as bool or both as float",
+                UserWarning,
+                stacklevel=2,
+            )
 
         batched = self._check_shapes(query, key, value, key_padding_mask, attn_mask)
         if not batched:  # one sequence: give it a batch dim of 1 and take it off at the end
@@ -182,9 +216,11 @@ class MultiHeadAttention(nn.MultiheadAttention):
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
 
         if is_causal and attn_mask is None:
-            raise RuntimeError("is_causal=True needs attn_mask: as in torch.nn.MultiheadAttention, is_causal is "
-                               "a hint that attn_mask is the causal mask (build one with "
-                               "torch.nn.Transformer.generate_square_subsequent_mask)")
+            raise RuntimeError(
+                "is_causal=True needs attn_mask: as in torch.nn.MultiheadAttention, is_causal is "
+                "a hint that attn_mask is the causal mask (build one with "
+                "torch.nn.Transformer.generate_square_subsequent_mask)"
+            )
         # torch's rule: the hint replaces the mask only when neither padding nor weights need it.
         kernel_causal = bool(is_causal) and key_padding_mask is None and not need_weights
         if kernel_causal:
@@ -212,11 +248,11 @@ class MultiHeadAttention(nn.MultiheadAttention):
             v = torch.cat([v, v.new_zeros(batch, 1, v.shape[-1])], dim=1)
             extra += 1
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, seqlen_k):
-            raise AssertionError(f"key_padding_mask must have shape {(batch, seqlen_k)} ([B, Nk]), "
-                                 f"got {tuple(key_padding_mask.shape)}")
+            raise AssertionError(
+                f"key_padding_mask must have shape {(batch, seqlen_k)} ([B, Nk]), got {tuple(key_padding_mask.shape)}"
+            )
 
-        sdpa_mask, sdpa_padding = self._kernel_masks(attn_mask, key_padding_mask, extra, query.dtype,
-                                                     need_weights)
+        sdpa_mask, sdpa_padding = self._kernel_masks(attn_mask, key_padding_mask, extra, query.dtype, need_weights)
 
         # [B, N, heads * D] -> [B, heads, N, D], views read in place by the kernels
         q = q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -226,9 +262,17 @@ class MultiHeadAttention(nn.MultiheadAttention):
         attend = scaled_dot_product_attention
         if sdpa_mask is not None and sdpa_mask.requires_grad and torch.is_grad_enabled():
             attend = reference.scaled_dot_product_attention  # differentiable in the mask
-        result = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=self.dropout if self.training else 0.0,
-                        is_causal=kernel_causal, enable_gqa=self.num_kv_heads != self.num_heads,
-                        key_padding_mask=sdpa_padding, return_weights=return_weights)
+        result = attend(
+            q,
+            k,
+            v,
+            attn_mask=sdpa_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=kernel_causal,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+            key_padding_mask=sdpa_padding,
+            return_weights=return_weights,
+        )
         out, weights = result if need_weights else (result, None)
 
         out = out.transpose(1, 2).reshape(batch, seqlen_q, self.embed_dim)
@@ -246,18 +290,22 @@ class MultiHeadAttention(nn.MultiheadAttention):
         batched = query.dim() == 3
         rank = 3 if batched else 2
         if key.dim() != rank or value.dim() != rank:
-            raise AssertionError(f"with a {rank}-D query, key and value must be {rank}-D, got {key.dim()}-D "
-                                 f"and {value.dim()}-D")
+            raise AssertionError(
+                f"with a {rank}-D query, key and value must be {rank}-D, got {key.dim()}-D and {value.dim()}-D"
+            )
         if key_padding_mask is not None and key_padding_mask.dim() != rank - 1:
-            raise AssertionError(f"with a {rank}-D query, key_padding_mask must be {rank - 1}-D, got "
-                                 f"{key_padding_mask.dim()}-D")
+            raise AssertionError(
+                f"with a {rank}-D query, key_padding_mask must be {rank - 1}-D, got {key_padding_mask.dim()}-D"
+            )
         if attn_mask is not None and attn_mask.dim() not in (2, 3):
             raise AssertionError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
         if not batched and attn_mask is not None and attn_mask.dim() == 3:
             expected = (self.num_heads, query.shape[0], key.shape[0])
             if tuple(attn_mask.shape) != expected:
-                raise AssertionError(f"for unbatched inputs a 3-D attn_mask must have shape {expected} "
-                                     f"([num_heads, Nq, Nk]), got {tuple(attn_mask.shape)}")
+                raise AssertionError(
+                    f"for unbatched inputs a 3-D attn_mask must have shape {expected} "
+                    f"([num_heads, Nq, Nk]), got {tuple(attn_mask.shape)}"
+                )
         return batched
 
     def _project(self, query, key, value):
@@ -265,13 +313,14 @@ class MultiHeadAttention(nn.MultiheadAttention):
         kv_dim = self.num_kv_heads * self.head_dim
         if self.in_proj_weight is not None:  # torch's packed layout: rows q, then k, then v
             if key.shape != value.shape:
-                raise AssertionError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the "
-                                     f"same shape")
+                raise AssertionError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same shape")
             w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         else:
             if key.shape[:2] != value.shape[:2]:
-                raise AssertionError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the "
-                                     f"same batch and sequence length")
+                raise AssertionError(
+                    f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the "
+                    f"same batch and sequence length"
+                )
             for name, t, dim in (("key", key, self.kdim), ("value", value, self.vdim)):
                 if t.shape[-1] != dim:
                     raise AssertionError(f"{name} must have {dim} features, got {t.shape[-1]}")
@@ -285,13 +334,15 @@ class MultiHeadAttention(nn.MultiheadAttention):
         """Shape check (RuntimeError, as torch) and a 4-D view: ``[1, 1, Nq, Nk]`` or ``[B, H, Nq, Nk]``."""
         if attn_mask.dim() == 2:
             if tuple(attn_mask.shape) != (seqlen_q, seqlen_k):
-                raise RuntimeError(f"a 2-D attn_mask must have shape {(seqlen_q, seqlen_k)} ([Nq, Nk]), "
-                                   f"got {tuple(attn_mask.shape)}")
+                raise RuntimeError(
+                    f"a 2-D attn_mask must have shape {(seqlen_q, seqlen_k)} ([Nq, Nk]), got {tuple(attn_mask.shape)}"
+                )
             return attn_mask[None, None]
         expected = (batch * self.num_heads, seqlen_q, seqlen_k)
         if tuple(attn_mask.shape) != expected:
-            raise RuntimeError(f"a 3-D attn_mask must have shape {expected} ([B * num_heads, Nq, Nk]), "
-                               f"got {tuple(attn_mask.shape)}")
+            raise RuntimeError(
+                f"a 3-D attn_mask must have shape {expected} ([B * num_heads, Nq, Nk]), got {tuple(attn_mask.shape)}"
+            )
         return attn_mask.unflatten(0, (batch, self.num_heads))
 
     @staticmethod
@@ -305,14 +356,19 @@ class MultiHeadAttention(nn.MultiheadAttention):
         """
         # torch turns bool masks into additive ones in the query dtype, adds them and then needs
         # the result in the query dtype (its need_weights=False path also takes float32).
-        merged = [d for d in (_float_mask_dtype(attn_mask, query_dtype),
-                              _float_mask_dtype(key_padding_mask, query_dtype)) if d is not None]
+        merged = [
+            d
+            for d in (_float_mask_dtype(attn_mask, query_dtype), _float_mask_dtype(key_padding_mask, query_dtype))
+            if d is not None
+        ]
         if any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask)):
             dtype = merged[0] if len(merged) == 1 else torch.promote_types(*merged)
             if dtype != query_dtype and (need_weights or dtype != torch.float32):
-                raise RuntimeError(f"float masks must have the query's dtype {query_dtype}, got attn_mask "
-                                   f"{getattr(attn_mask, 'dtype', None)} and key_padding_mask "
-                                   f"{getattr(key_padding_mask, 'dtype', None)}")
+                raise RuntimeError(
+                    f"float masks must have the query's dtype {query_dtype}, got attn_mask "
+                    f"{getattr(attn_mask, 'dtype', None)} and key_padding_mask "
+                    f"{getattr(key_padding_mask, 'dtype', None)}"
+                )
 
         padding = None
         additive_padding = None
@@ -333,7 +389,8 @@ class MultiHeadAttention(nn.MultiheadAttention):
             else:
                 if mask.dtype == torch.bool:
                     mask = torch.zeros(mask.shape, dtype=query_dtype, device=mask.device).masked_fill(
-                        ~mask, float("-inf"))
+                        ~mask, float("-inf")
+                    )
                 mask = mask + additive_padding
         if mask is not None and mask.is_floating_point():
             mask = mask.to(query_dtype)
@@ -428,16 +485,26 @@ class MultiHeadSelfAttention(nn.Module):
         # [..., N, embed_dim] -> [..., num_heads, N, head_dim]
         return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                key_padding_mask: Optional[torch.Tensor] = None,
-                is_causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         q = self._split_heads(self.q_proj(x))
         k = self._split_heads(self.k_proj(x))
         v = self._split_heads(self.v_proj(x))
         heads, weights = scaled_dot_product_attention(
-            q, k, v, attn_mask=_head_axis_mask(mask, batched=x.dim() == 3),
-            dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal,
-            key_padding_mask=key_padding_mask, return_weights=True)
+            q,
+            k,
+            v,
+            attn_mask=_head_axis_mask(mask, batched=x.dim() == 3),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            key_padding_mask=key_padding_mask,
+            return_weights=True,
+        )
         # [..., num_heads, N, head_dim] -> [..., N, embed_dim]: concatenate the heads, then mix them
         concatenated = heads.transpose(-3, -2).flatten(-2)
         return self.out_proj(concatenated), weights

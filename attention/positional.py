@@ -88,9 +88,14 @@ def _along_sequence(table: torch.Tensor, x: torch.Tensor, batch_first: bool) -> 
 # sinusoidal
 
 
-def sinusoidal_positional_encoding(max_len: int, embed_dim: int, *, base: float = 10000.0,
-                                   dtype: torch.dtype = torch.float32,
-                                   device: DeviceLike = None) -> torch.Tensor:
+def sinusoidal_positional_encoding(
+    max_len: int,
+    embed_dim: int,
+    *,
+    base: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
+    device: DeviceLike = None,
+) -> torch.Tensor:
     """The fixed encoding of Vaswani et al. (2017), ``[max_len, embed_dim]``.
 
     ``PE[pos, 2i] = sin(pos / base**(2i/d))`` and ``PE[pos, 2i+1] = cos(pos / base**(2i/d))``, with
@@ -115,10 +120,10 @@ def sinusoidal_positional_encoding(max_len: int, embed_dim: int, *, base: float 
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
 
-    positions = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)       # [max_len, 1]
-    pair_index = torch.arange((embed_dim + 1) // 2, dtype=torch.float64)       # i, one per sin column
-    frequencies = torch.pow(base, -2.0 * pair_index / embed_dim)               # 1 / base**(2i/d)
-    angles = positions * frequencies                                           # [max_len, ceil(d/2)]
+    positions = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # [max_len, 1]
+    pair_index = torch.arange((embed_dim + 1) // 2, dtype=torch.float64)  # i, one per sin column
+    frequencies = torch.pow(base, -2.0 * pair_index / embed_dim)  # 1 / base**(2i/d)
+    angles = positions * frequencies  # [max_len, ceil(d/2)]
 
     encoding = torch.empty(max_len, embed_dim, dtype=torch.float64)
     encoding[:, 0::2] = torch.sin(angles)
@@ -141,24 +146,33 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     pe: torch.Tensor
 
-    def __init__(self, embed_dim: int, max_len: int = 5000, dropout: float = 0.0,
-                 batch_first: bool = True, *, base: float = 10000.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        max_len: int = 5000,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+        *,
+        base: float = 10000.0,
+    ) -> None:
         super().__init__()
         self.embed_dim = check_int("embed_dim", embed_dim, 1)
         self.max_len = check_int("max_len", max_len, 0)
         self.batch_first = bool(batch_first)
         self.base = _check_base(base)
         self.dropout = nn.Dropout(_check_dropout(dropout))
-        self.register_buffer("pe", sinusoidal_positional_encoding(self.max_len, self.embed_dim, base=self.base),
-                             persistent=False)
+        self.register_buffer(
+            "pe", sinusoidal_positional_encoding(self.max_len, self.embed_dim, base=self.base), persistent=False
+        )
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
         # .double() / .half() / .to(dtype) would otherwise cast the float32 table, so a float64 module
         # would carry float32-accurate values; rebuild it from float64 angles in the new dtype instead
         super()._apply(fn, *args, **kwargs)
         if self.pe.is_floating_point() and self.pe.dtype != torch.float32:
-            self.pe = sinusoidal_positional_encoding(self.max_len, self.embed_dim, base=self.base,
-                                                     dtype=self.pe.dtype, device=self.pe.device)
+            self.pe = sinusoidal_positional_encoding(
+                self.max_len, self.embed_dim, base=self.base, dtype=self.pe.dtype, device=self.pe.device
+            )
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,15 +180,16 @@ class SinusoidalPositionalEncoding(nn.Module):
         x = _check_embeddings(x, self.embed_dim, self.batch_first)
         length = x.shape[_sequence_dim(x, self.batch_first)]
         if length > self.max_len:
-            raise ValueError(f"x has {length} positions (shape {tuple(x.shape)}), more than "
-                             f"max_len={self.max_len}; construct the module with a larger max_len")
+            raise ValueError(
+                f"x has {length} positions (shape {tuple(x.shape)}), more than "
+                f"max_len={self.max_len}; construct the module with a larger max_len"
+            )
         # cast the table, not x: adding a float32 table must not silently promote fp16 activations
         table = self.pe[:length].to(dtype=x.dtype)
         return self.dropout(x + _along_sequence(table, x, self.batch_first))
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, max_len={self.max_len}, base={self.base:g}, "
-                f"batch_first={self.batch_first}")
+        return f"embed_dim={self.embed_dim}, max_len={self.max_len}, base={self.base:g}, batch_first={self.batch_first}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,8 +210,16 @@ class LearnedPositionalEmbedding(nn.Module):
     ``[max_len, embed_dim]``, under the same name as :class:`SinusoidalPositionalEncoding`'s, for plotting.
     """
 
-    def __init__(self, max_len: int, embed_dim: int, dropout: float = 0.0, batch_first: bool = True,
-                 *, device: DeviceLike = None, dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(
+        self,
+        max_len: int,
+        embed_dim: int,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+        *,
+        device: DeviceLike = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
         self.max_len = check_int("max_len", max_len, 0)
         self.embed_dim = check_int("embed_dim", embed_dim, 1)
@@ -219,8 +242,10 @@ class LearnedPositionalEmbedding(nn.Module):
         offset = check_int("offset", offset, 0)
         length = x.shape[_sequence_dim(x, self.batch_first)]
         if offset + length > self.max_len:
-            raise ValueError(f"positions offset={offset} to {offset + length - 1} (x of shape {tuple(x.shape)}) "
-                             f"exceed max_len={self.max_len}: a learned table has no rows past max_len - 1")
+            raise ValueError(
+                f"positions offset={offset} to {offset + length - 1} (x of shape {tuple(x.shape)}) "
+                f"exceed max_len={self.max_len}: a learned table has no rows past max_len - 1"
+            )
         positions = torch.arange(offset, offset + length, device=self.embedding.weight.device)
         table = self.embedding(positions).to(dtype=x.dtype)
         return self.dropout(x + _along_sequence(table, x, self.batch_first))
@@ -264,15 +289,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     """
     for name, value in (("x", x), ("cos", cos), ("sin", sin)):
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() < 1:
-            got = f"dtype {value.dtype}, shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) \
+            got = (
+                f"dtype {value.dtype}, shape {tuple(value.shape)}"
+                if isinstance(value, torch.Tensor)
                 else type(value).__name__
+            )
             raise TypeError(f"{name} must be a floating point torch.Tensor of at least 1 dimension, got {got}")
     if x.shape[-1] % 2:
-        raise ValueError(f"x's last dimension (head_dim) must be even to form rotation pairs, got shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"x's last dimension (head_dim) must be even to form rotation pairs, got shape {tuple(x.shape)}"
+        )
     if cos.shape != sin.shape or cos.shape[-1] != x.shape[-1] // 2:
-        raise ValueError(f"cos and sin must have the same shape [..., N, D/2={x.shape[-1] // 2}], got "
-                         f"{tuple(cos.shape)} and {tuple(sin.shape)} for x of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"cos and sin must have the same shape [..., N, D/2={x.shape[-1] // 2}], got "
+            f"{tuple(cos.shape)} and {tuple(sin.shape)} for x of shape {tuple(x.shape)}"
+        )
     compute_dtype = torch.promote_types(x.dtype, cos.dtype)
     first, second = _split_pairs(x.to(compute_dtype), interleaved)
     rotated = _join_pairs(first * cos - second * sin, second * cos + first * sin, interleaved)
@@ -309,8 +340,9 @@ class RotaryEmbedding(nn.Module):
         interleaved: the pair layout, see above.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, max_len: Optional[int] = None,
-                 interleaved: bool = False) -> None:
+    def __init__(
+        self, head_dim: int, base: float = 10000.0, max_len: Optional[int] = None, interleaved: bool = False
+    ) -> None:
         super().__init__()
         self.head_dim = check_int("head_dim", head_dim, 2)
         if self.head_dim % 2:
@@ -347,8 +379,9 @@ class RotaryEmbedding(nn.Module):
             self._tables[key] = cached
         return cached
 
-    def cos_sin(self, length: int, *, offset: int = 0, dtype: torch.dtype = torch.float32,
-                device: DeviceLike = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(
+        self, length: int, *, offset: int = 0, dtype: torch.dtype = torch.float32, device: DeviceLike = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of the angles for positions ``offset .. offset + length - 1``, each ``[length, D/2]``.
 
         These are what :func:`apply_rotary` takes; handy for plotting or a custom kernel.
@@ -362,13 +395,15 @@ class RotaryEmbedding(nn.Module):
         # resolve "cuda" to "cuda:0" etc., so this shares the cache key with tensors on that device
         device = torch.empty(0, device=device).device
         cos, sin = self._table(offset + length, device, dtype)
-        return cos[offset: offset + length], sin[offset: offset + length]
+        return cos[offset : offset + length], sin[offset : offset + length]
 
     def _check_range(self, offset: int, length: int, what: str) -> None:
         if self.max_len is not None and offset + length > self.max_len:
-            raise ValueError(f"positions offset={offset} to {offset + length - 1} ({what} {length}) exceed "
-                             f"max_len={self.max_len}; construct RotaryEmbedding with a larger max_len "
-                             f"or max_len=None")
+            raise ValueError(
+                f"positions offset={offset} to {offset + length - 1} ({what} {length}) exceed "
+                f"max_len={self.max_len}; construct RotaryEmbedding with a larger max_len "
+                f"or max_len=None"
+            )
 
     # --- rotation ----------------------------------------------------------------------------
 
@@ -378,14 +413,20 @@ class RotaryEmbedding(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
         if x.dim() < 2 or x.shape[-1] != self.head_dim:
-            raise ValueError(f"{name} must have shape [..., N, head_dim={self.head_dim}] (e.g. [B, H, N, D]), "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have shape [..., N, head_dim={self.head_dim}] (e.g. [B, H, N, D]), "
+                f"got shape {tuple(x.shape)}"
+            )
         return x
 
     def _check_positions(self, positions: object, tensors: Dict[str, torch.Tensor]) -> None:
         """``positions`` must be integer, ``[N]`` or ``[B, N]`` for every named tensor, and inside max_len."""
-        if not isinstance(positions, torch.Tensor) or positions.is_floating_point() or positions.is_complex() \
-                or positions.dtype == torch.bool:
+        if (
+            not isinstance(positions, torch.Tensor)
+            or positions.is_floating_point()
+            or positions.is_complex()
+            or positions.dtype == torch.bool
+        ):
             got = f"dtype {positions.dtype}" if isinstance(positions, torch.Tensor) else type(positions).__name__
             raise TypeError(f"positions must be an integer tensor [N] or [B, N], got {got}")
         for x_name, x in tensors.items():
@@ -393,9 +434,11 @@ class RotaryEmbedding(nn.Module):
             shared = positions.dim() == 1 and positions.shape[0] == length
             per_sequence = positions.dim() == 2 and x.dim() == 4 and tuple(positions.shape) == (x.shape[0], length)
             if not (shared or per_sequence):
-                raise ValueError(f"positions must have shape [N] or [B, N] matching {x_name} of shape "
-                                 f"{tuple(x.shape)} (N={length}), got shape {tuple(positions.shape)}; when "
-                                 f"queries and keys sit at different positions, rotate each with rotate()")
+                raise ValueError(
+                    f"positions must have shape [N] or [B, N] matching {x_name} of shape "
+                    f"{tuple(x.shape)} (N={length}), got shape {tuple(positions.shape)}; when "
+                    f"queries and keys sit at different positions, rotate each with rotate()"
+                )
         if self.max_len is not None and positions.numel():
             # a clear error instead of silently extrapolating past the range the model was built for;
             # costs one host sync, and only when max_len is set
@@ -415,8 +458,9 @@ class RotaryEmbedding(nn.Module):
             self._check_positions(positions, {"x": x})
         return self._rotate_checked(x, offset, positions)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, *, offset: int = 0,
-                positions: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, *, offset: int = 0, positions: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Rotate queries ``[B, Hq, Nq, D]`` and keys ``[B, Hkv, Nk, D]``; returns ``(q_rot, k_rot)``.
 
         Both start at position ``offset``: query ``t`` and key ``t`` sit at ``offset + t``. For
@@ -442,14 +486,13 @@ class RotaryEmbedding(nn.Module):
             length = x.shape[-2]
             self._check_range(offset, length, "sequence length")
             table_cos, table_sin = self._table(offset + length, x.device, compute_dtype)
-            cos, sin = table_cos[offset: offset + length], table_sin[offset: offset + length]
+            cos, sin = table_cos[offset : offset + length], table_sin[offset : offset + length]
         else:
-            angles = self._angles(positions.to(x.device), compute_dtype)     # [N, D/2] or [B, N, D/2]
+            angles = self._angles(positions.to(x.device), compute_dtype)  # [N, D/2] or [B, N, D/2]
             cos, sin = torch.cos(angles), torch.sin(angles)
             if positions.dim() == 2:
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                 # [B, 1, N, D/2], shared by heads
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, N, D/2], shared by heads
         return apply_rotary(x, cos, sin, self.interleaved)
 
     def extra_repr(self) -> str:
-        return (f"head_dim={self.head_dim}, base={self.base:g}, max_len={self.max_len}, "
-                f"interleaved={self.interleaved}")
+        return f"head_dim={self.head_dim}, base={self.base:g}, max_len={self.max_len}, interleaved={self.interleaved}"

@@ -37,9 +37,9 @@ def allowed_mask(p: Prepared) -> Optional[torch.Tensor]:
     return allowed
 
 
-def attention(p: Prepared, dropout_mask: Optional[torch.Tensor] = None,
-              generator: Optional[torch.Generator] = None
-              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention(
+    p: Prepared, dropout_mask: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention on prepared arguments, in the inputs' dtype.
 
     Returns ``(out [B, Hq, Nq, Dv], weights [B, Hq, Nq, Nk], lse [B, Hq, Nq])``; weights are after
@@ -63,15 +63,21 @@ def attention(p: Prepared, dropout_mask: Optional[torch.Tensor] = None,
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     # Softmax by hand so that a row with nothing to attend to gives zeros instead of NaN.
-    row_max = scores.amax(dim=-1, keepdim=True).detach() if scores.shape[-1] else \
-        scores.new_full(scores.shape[:-1] + (1,), float("-inf"))
+    row_max = (
+        scores.amax(dim=-1, keepdim=True).detach()
+        if scores.shape[-1]
+        else scores.new_full(scores.shape[:-1] + (1,), float("-inf"))
+    )
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = torch.exp(scores - row_max)
     total = exp.sum(dim=-1, keepdim=True)
     empty = total == 0
     weights = exp / torch.where(empty, torch.ones_like(total), total)
-    lse = torch.where(empty, torch.full_like(total, float("-inf")),
-                      torch.log(torch.where(empty, torch.ones_like(total), total)) + row_max).squeeze(-1)
+    lse = torch.where(
+        empty,
+        torch.full_like(total, float("-inf")),
+        torch.log(torch.where(empty, torch.ones_like(total), total)) + row_max,
+    ).squeeze(-1)
     if p.dropout_p > 0.0:
         if dropout_mask is None:
             draw = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=torch.float32)
@@ -83,18 +89,37 @@ def attention(p: Prepared, dropout_mask: Optional[torch.Tensor] = None,
 
 
 def scaled_dot_product_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0, is_causal: bool = False,
-    scale: Optional[float] = None, enable_gqa: bool = False, *,
-    key_padding_mask: Optional[torch.Tensor] = None, causal_alignment: str = "top_left",
-    return_weights: ReturnWeights = False, dropout_mask: Optional[torch.Tensor] = None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    *,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    causal_alignment: str = "top_left",
+    return_weights: ReturnWeights = False,
+    dropout_mask: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """The plain-PyTorch twin of ``attnlens.scaled_dot_product_attention`` (same arguments, same
     results), plus ``dropout_mask`` (bool, True = keep) to impose a dropout pattern and
     ``generator`` for the random draw otherwise."""
-    p = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                key_padding_mask, causal_alignment, return_weights)
+    p = prepare(
+        query,
+        key,
+        value,
+        attn_mask,
+        dropout_p,
+        is_causal,
+        scale,
+        enable_gqa,
+        key_padding_mask,
+        causal_alignment,
+        return_weights,
+    )
     out, weights, _ = attention(p, dropout_mask, generator)
     return format_result(p, out, weights)
 

@@ -133,9 +133,11 @@ def default_step(model: nn.Module, batch: Batch) -> Tuple[torch.Tensor, torch.Te
     and is called as ``model(inputs)``.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(f"a batch must be a pair (src, tgt) or (inputs, labels), got {type(batch).__name__}"
-                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-                        + "; pass step_fn=... for other layouts")
+        raise TypeError(
+            f"a batch must be a pair (src, tgt) or (inputs, labels), got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            + "; pass step_fn=... for other layouts"
+        )
     if hasattr(model, "logits_and_labels"):
         return model.logits_and_labels(*batch)
     inputs, labels = batch
@@ -145,6 +147,7 @@ def default_step(model: nn.Module, batch: Batch) -> Tuple[torch.Tensor, torch.Te
 def _masked_loss(pad_id: int) -> LossFn:
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=pad_id)
+
     return loss_fn
 
 
@@ -174,9 +177,15 @@ def _model_device(model: nn.Module, device: Union[torch.device, str, None]) -> t
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, dataloader: Iterable[Batch], *, device: Union[torch.device, str, None] = None,
-                   loss_fn: Optional[LossFn] = None, step_fn: Optional[StepFn] = None,
-                   pad_id: Optional[int] = None) -> Tuple[float, float]:
+def evaluate_model(
+    model: nn.Module,
+    dataloader: Iterable[Batch],
+    *,
+    device: Union[torch.device, str, None] = None,
+    loss_fn: Optional[LossFn] = None,
+    step_fn: Optional[StepFn] = None,
+    pad_id: Optional[int] = None,
+) -> Tuple[float, float]:
     """``(loss, token_accuracy)`` of ``model`` over ``dataloader``, in eval mode, without gradients.
 
     Both are over all non-padding labels of all batches (the loss weighted by each batch's number
@@ -207,8 +216,13 @@ def evaluate_model(model: nn.Module, dataloader: Iterable[Batch], *, device: Uni
 
 
 @torch.no_grad()
-def generation_accuracy(model: TransformerModel, data: SyntheticData, *, batch_size: int = 256,
-                        device: Union[torch.device, str, None] = None) -> Dict[str, float]:
+def generation_accuracy(
+    model: TransformerModel,
+    data: SyntheticData,
+    *,
+    batch_size: int = 256,
+    device: Union[torch.device, str, None] = None,
+) -> Dict[str, float]:
     """How well greedy decoding (``model.generate``) reproduces the targets of ``data``.
 
     Returns ``{"token_accuracy": ..., "sequence_accuracy": ...}``: the share of target tokens (EOS
@@ -221,12 +235,16 @@ def generation_accuracy(model: TransformerModel, data: SyntheticData, *, batch_s
     correct_tokens = counted_tokens = correct_sentences = 0
     try:
         for start in range(0, len(data), batch_size):
-            src = data.src[start:start + batch_size].to(device)
-            expected = data.tgt[start:start + batch_size, 1:].to(device)       # target, EOS, PAD
+            src = data.src[start : start + batch_size].to(device)
+            expected = data.tgt[start : start + batch_size, 1:].to(device)  # target, EOS, PAD
             generated = model.generate(src, max_new_tokens=expected.shape[1])
-            if generated.shape[1] < expected.shape[1]:                          # stopped early: all ended
-                pad = torch.full((generated.shape[0], expected.shape[1] - generated.shape[1]), model.pad_id,
-                                 dtype=generated.dtype, device=device)
+            if generated.shape[1] < expected.shape[1]:  # stopped early: all ended
+                pad = torch.full(
+                    (generated.shape[0], expected.shape[1] - generated.shape[1]),
+                    model.pad_id,
+                    dtype=generated.dtype,
+                    device=device,
+                )
                 generated = torch.cat([generated, pad], dim=1)
             counted = expected != model.pad_id
             right = (generated == expected) & counted
@@ -235,8 +253,10 @@ def generation_accuracy(model: TransformerModel, data: SyntheticData, *, batch_s
             correct_sentences += int((right | ~counted).all(dim=1).sum())
     finally:
         model.train(was_training)
-    return {"token_accuracy": correct_tokens / max(counted_tokens, 1),
-            "sequence_accuracy": correct_sentences / max(len(data), 1)}
+    return {
+        "token_accuracy": correct_tokens / max(counted_tokens, 1),
+        "sequence_accuracy": correct_sentences / max(len(data), 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,12 +281,23 @@ def _check_positive_int(name: str, value: object, allow_none: bool = True) -> Op
     return int(value)
 
 
-def train_model(model: nn.Module, dataloader: Iterable[Batch], optimizer: torch.optim.Optimizer,
-                num_epochs: int = 1, *, val_loader: Optional[Iterable[Batch]] = None,
-                device: Union[torch.device, str, None] = None, loss_fn: Optional[LossFn] = None,
-                progress: bool = True, scheduler: Optional[Any] = None, max_steps: Optional[int] = None,
-                eval_every: Optional[int] = None, grad_clip: Optional[float] = 1.0,
-                step_fn: Optional[StepFn] = None, pad_id: Optional[int] = None) -> TrainingHistory:
+def train_model(
+    model: nn.Module,
+    dataloader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    num_epochs: int = 1,
+    *,
+    val_loader: Optional[Iterable[Batch]] = None,
+    device: Union[torch.device, str, None] = None,
+    loss_fn: Optional[LossFn] = None,
+    progress: bool = True,
+    scheduler: Optional[Any] = None,
+    max_steps: Optional[int] = None,
+    eval_every: Optional[int] = None,
+    grad_clip: Optional[float] = 1.0,
+    step_fn: Optional[StepFn] = None,
+    pad_id: Optional[int] = None,
+) -> TrainingHistory:
     """Train ``model`` for ``num_epochs`` passes over ``dataloader``; return its ``TrainingHistory``.
 
     Args:
@@ -328,8 +359,9 @@ def train_model(model: nn.Module, dataloader: Iterable[Batch], optimizer: torch.
     def validate(epoch: int) -> None:
         if val_loader is None or (history.val_step and history.val_step[-1] == len(history.loss)):
             return
-        val_loss, val_accuracy = evaluate_model(model, val_loader, device=device, loss_fn=loss_fn,
-                                                step_fn=step_fn, pad_id=pad_id)
+        val_loss, val_accuracy = evaluate_model(
+            model, val_loader, device=device, loss_fn=loss_fn, step_fn=step_fn, pad_id=pad_id
+        )
         history.val_step.append(len(history.loss))
         history.val_epoch.append(epoch)
         history.val_loss.append(val_loss)
@@ -337,8 +369,10 @@ def train_model(model: nn.Module, dataloader: Iterable[Batch], optimizer: torch.
         if bar is not None:
             bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{running_accuracy:.3f}", val_acc=f"{val_accuracy:.3f}")
         elif progress:
-            print(f"epoch {epoch} step {len(history.loss)}: loss {running_loss:.4f}, "
-                  f"accuracy {running_accuracy:.4f}, validation accuracy {val_accuracy:.4f}")
+            print(
+                f"epoch {epoch} step {len(history.loss)}: loss {running_loss:.4f}, "
+                f"accuracy {running_accuracy:.4f}, validation accuracy {val_accuracy:.4f}"
+            )
 
     try:
         model.train()
@@ -365,8 +399,7 @@ def train_model(model: nn.Module, dataloader: Iterable[Batch], optimizer: torch.
                 history.lr.append(float(optimizer.param_groups[0]["lr"]))
                 # exponential running averages for the progress bar
                 running_loss = loss_value if running_loss is None else 0.95 * running_loss + 0.05 * loss_value
-                running_accuracy = accuracy if running_accuracy is None else \
-                    0.95 * running_accuracy + 0.05 * accuracy
+                running_accuracy = accuracy if running_accuracy is None else 0.95 * running_accuracy + 0.05 * accuracy
                 if bar is not None:
                     bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{running_accuracy:.3f}", refresh=False)
                     bar.update(1)
@@ -392,9 +425,15 @@ def train_model(model: nn.Module, dataloader: Iterable[Batch], optimizer: torch.
 # data loaders, schedules, the one-call run
 
 
-def make_dataloaders(data: SyntheticData, batch_size: int = 64, val_fraction: float = 0.1, *, seed: int = 0,
-                     shuffle: bool = True, drop_last: bool = False
-                     ) -> Tuple[DataLoader, Optional[DataLoader]]:
+def make_dataloaders(
+    data: SyntheticData,
+    batch_size: int = 64,
+    val_fraction: float = 0.1,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Tuple[DataLoader, Optional[DataLoader]]:
     """``(train_loader, val_loader)`` over a split of ``data`` (``SyntheticData.split(val_fraction, seed)``).
 
     Batches are ``(src [B, max_length], tgt [B, max_length + 2])``. The training loader shuffles
@@ -414,8 +453,9 @@ def make_dataloaders(data: SyntheticData, batch_size: int = 64, val_fraction: fl
     return train_loader, val_loader
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: Optional[int] = None,
-                    final_factor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: Optional[int] = None, final_factor: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 to the optimizer's learning rate over ``warmup_steps``, then constant
     or, with ``total_steps``, a cosine decay to ``final_factor`` times it at ``total_steps``.
     Step it once per optimizer step (``train_model(..., scheduler=...)`` does)."""
@@ -442,15 +482,34 @@ class TaskData(NamedTuple):
 # The defaults of train_on_task, measured to reach >= 95% held-out token accuracy on "reverse"
 # in about a minute on a 2-core CPU (see the README, "Training on synthetic data").
 DEFAULT_TASK_CONFIG: Dict[str, Any] = dict(
-    num_sentences=6000, vocab_size=16, max_length=10, steps=600, batch_size=64, lr=3e-3, warmup_steps=100,
-    d_model=64, nhead=4, num_layers=2, dim_feedforward=128, dropout=0.0, val_fraction=0.1,
+    num_sentences=6000,
+    vocab_size=16,
+    max_length=10,
+    steps=600,
+    batch_size=64,
+    lr=3e-3,
+    warmup_steps=100,
+    d_model=64,
+    nhead=4,
+    num_layers=2,
+    dim_feedforward=128,
+    dropout=0.0,
+    val_fraction=0.1,
 )
 
 
-def train_on_task(task: str = "reverse", *, steps: Optional[int] = None, seed: int = 0,
-                  device: Union[torch.device, str, None] = None, progress: bool = True,
-                  kind: str = "encoder_decoder", norm_first: bool = True, eval_every: Optional[int] = None,
-                  **config: Any) -> Tuple[TransformerModel, TrainingHistory, TaskData]:
+def train_on_task(
+    task: str = "reverse",
+    *,
+    steps: Optional[int] = None,
+    seed: int = 0,
+    device: Union[torch.device, str, None] = None,
+    progress: bool = True,
+    kind: str = "encoder_decoder",
+    norm_first: bool = True,
+    eval_every: Optional[int] = None,
+    **config: Any,
+) -> Tuple[TransformerModel, TrainingHistory, TaskData]:
     """Generate a synthetic task, build the default model, train it: ``(model, history, data)``.
 
     ``task`` is one of ``attnlens.TASKS`` (``copy``, ``reverse``, ``sort``, ``random``).
@@ -471,24 +530,42 @@ def train_on_task(task: str = "reverse", *, steps: Optional[int] = None, seed: i
     if steps is not None:
         settings["steps"] = steps
     steps = _check_positive_int("steps", settings["steps"], allow_none=False)
-    data = generate_synthetic_data(settings["num_sentences"], settings["vocab_size"], settings["max_length"],
-                                   task=task, seed=seed)
+    data = generate_synthetic_data(
+        settings["num_sentences"], settings["vocab_size"], settings["max_length"], task=task, seed=seed
+    )
     train, held_out = data.split(settings["val_fraction"], seed=seed)
     target_device = torch.device(device) if device is not None else torch.device("cpu")
     cuda_devices = [target_device] if target_device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         max_len = 2 * settings["max_length"] + 2 if kind == "decoder" else settings["max_length"] + 2
-        model = build_transformer_model(settings["vocab_size"], settings["d_model"], settings["nhead"],
-                                        settings["num_layers"], settings["dim_feedforward"], settings["dropout"],
-                                        max_len=max_len, kind=kind, norm_first=norm_first).to(target_device)
+        model = build_transformer_model(
+            settings["vocab_size"],
+            settings["d_model"],
+            settings["nhead"],
+            settings["num_layers"],
+            settings["dim_feedforward"],
+            settings["dropout"],
+            max_len=max_len,
+            kind=kind,
+            norm_first=norm_first,
+        ).to(target_device)
         generator = torch.Generator().manual_seed(seed)
         train_loader = DataLoader(train, batch_size=settings["batch_size"], shuffle=True, generator=generator)
         val_loader = DataLoader(held_out, batch_size=512) if len(held_out) else None
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"])
         scheduler = warmup_schedule(optimizer, settings["warmup_steps"], steps)
         num_epochs = math.ceil(steps / len(train_loader))
-        history = train_model(model, train_loader, optimizer, num_epochs, val_loader=val_loader,
-                              device=target_device, progress=progress, scheduler=scheduler, max_steps=steps,
-                              eval_every=eval_every)
+        history = train_model(
+            model,
+            train_loader,
+            optimizer,
+            num_epochs,
+            val_loader=val_loader,
+            device=target_device,
+            progress=progress,
+            scheduler=scheduler,
+            max_steps=steps,
+            eval_every=eval_every,
+        )
     return model.eval(), history, TaskData(train, held_out)

@@ -28,21 +28,30 @@ from harness import NOT_A_SPEED_CLAIM, detect_env, versions  # noqa: E402
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-seconds", type=float, default=0.25,
-                     help="attnlens bench: timed seconds to aim for per benchmark on a GPU (rounds 5 to 100)")
+    parser.addoption(
+        "--bench-seconds",
+        type=float,
+        default=0.25,
+        help="attnlens bench: timed seconds to aim for per benchmark on a GPU (rounds 5 to 100)",
+    )
 
 
 def pytest_configure(config):
     if not torch.cuda.is_available() and _TRITON_IMPORTED_TOO_EARLY:
-        raise pytest.UsageError("triton was imported before bench/conftest.py could set TRITON_INTERPRET=1; "
-                                "set it in the environment to run the CPU smoke benchmarks")
+        raise pytest.UsageError(
+            "triton was imported before bench/conftest.py could set TRITON_INTERPRET=1; "
+            "set it in the environment to run the CPU smoke benchmarks"
+        )
 
 
 def pytest_report_header(config):
     if torch.cuda.is_available():
         return [f"attnlens bench: {torch.cuda.get_device_name()} - the GPU grid and the visual tour's shapes"]
-    return ["attnlens bench: no CUDA device - tiny smoke cases only, through Triton's interpreter; "
-            "the GPU grid is not collected.", NOT_A_SPEED_CLAIM]
+    return [
+        "attnlens bench: no CUDA device - tiny smoke cases only, through Triton's interpreter; "
+        "the GPU grid is not collected.",
+        NOT_A_SPEED_CLAIM,
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -91,24 +91,44 @@ class Case:
         return self.heads * self.head_dim
 
     def params(self) -> Dict[str, object]:
-        return {"family": self.family, "batch": self.batch, "heads": self.heads, "seqlen_q": self.seqlen,
-                "seqlen_k": self.seqlen, "head_dim": self.head_dim, "dtype": self.dtype, "mask": self.mask,
-                "causal": self.causal, "key_padding": self.padded, "dropout_p": self.dropout_p}
+        return {
+            "family": self.family,
+            "batch": self.batch,
+            "heads": self.heads,
+            "seqlen_q": self.seqlen,
+            "seqlen_k": self.seqlen,
+            "head_dim": self.head_dim,
+            "dtype": self.dtype,
+            "mask": self.mask,
+            "causal": self.causal,
+            "key_padding": self.padded,
+            "dropout_p": self.dropout_p,
+        }
 
 
 def grid_cases() -> List[Case]:
     """N in 512..16384, head dim 64 and 128, fp16 and bf16, no mask / causal / key padding, with
     batch * N = 16384 tokens and heads * head_dim = 2048."""
-    return [Case("grid", max(1, GRID_TOKENS // n), GRID_WIDTH // d, n, d, dtype, mask)
-            for dtype in ("fp16", "bf16") for d in GRID_HEAD_DIMS for mask in MASKS for n in GRID_SEQLENS]
+    return [
+        Case("grid", max(1, GRID_TOKENS // n), GRID_WIDTH // d, n, d, dtype, mask)
+        for dtype in ("fp16", "bf16")
+        for d in GRID_HEAD_DIMS
+        for mask in MASKS
+        for n in GRID_SEQLENS
+    ]
 
 
 def tour_cases() -> List[Case]:
     """The visual tour's scale: a sentence or two (N 8 to 32 tokens), d_model 64 in 4 heads, batch
     1 and 8; fp32 as the tour runs it, fp16 as a model would; causal (as the tour draws it) and
     key padding (a padded batch of sentences)."""
-    return [Case("tour", b, 4, n, 16, dtype, mask)
-            for b in (1, 8) for n in (8, 32) for dtype in ("fp32", "fp16") for mask in ("causal", "padding")]
+    return [
+        Case("tour", b, 4, n, 16, dtype, mask)
+        for b in (1, 8)
+        for n in (8, 32)
+        for dtype in ("fp32", "fp16")
+        for mask in ("causal", "padding")
+    ]
 
 
 def smoke_cases() -> List[Case]:
@@ -116,9 +136,11 @@ def smoke_cases() -> List[Case]:
     prove every benchmark runs end to end (a ragged length, each mask, both interpreter-safe
     dtypes), nothing that says anything about speed. No bf16: the interpreter multiplies bf16 bit
     patterns in ``tl.dot`` (triton issues 11584/11585)."""
-    return [Case("smoke", 1, 1, 64, 16, "fp32", "none"),
-            Case("smoke", 1, 1, 48, 16, "fp16", "causal"),
-            Case("smoke", 2, 2, 16, 16, "fp32", "padding")]
+    return [
+        Case("smoke", 1, 1, 64, 16, "fp32", "none"),
+        Case("smoke", 1, 1, 48, 16, "fp16", "causal"),
+        Case("smoke", 2, 2, 16, 16, "fp32", "padding"),
+    ]
 
 
 def key_lengths(case: Case, generator: torch.Generator) -> Optional[List[int]]:
@@ -154,7 +176,7 @@ def attention_flops(case: Case, lengths: Optional[Sequence[int]], op: str) -> fl
 
 def projection_flops(case: Case) -> float:
     """The in-projection (q, k, v) and out-projection of a MultiheadAttention layer."""
-    return 8.0 * case.batch * case.seqlen * case.embed_dim ** 2
+    return 8.0 * case.batch * case.seqlen * case.embed_dim**2
 
 
 def weights_bytes(case: Case, weights: str) -> int:
@@ -180,7 +202,7 @@ def module_bytes(case: Case, weights: str) -> int:
     """A MultiheadAttention layer: x read, the four projection matrices read, out written, weights."""
     element = torch.finfo(case.torch_dtype).bits // 8
     tokens = case.batch * case.seqlen * case.embed_dim * element
-    return 2 * tokens + 4 * case.embed_dim ** 2 * element + weights_bytes(case, weights)
+    return 2 * tokens + 4 * case.embed_dim**2 * element + weights_bytes(case, weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +220,10 @@ _DATASHEET: Tuple[Tuple[str, float, float], ...] = (
     ("A100", 312.0, 1555.0),
 )
 
-NOT_A_SPEED_CLAIM = ("CPU smoke run: the kernels ran through Triton's interpreter to prove the benchmark "
-                     "suite works end to end. These times are NOT a speed claim.")
+NOT_A_SPEED_CLAIM = (
+    "CPU smoke run: the kernels ran through Triton's interpreter to prove the benchmark "
+    "suite works end to end. These times are NOT a speed claim."
+)
 
 
 @dataclasses.dataclass
@@ -229,9 +253,14 @@ class BenchEnv:
     def info(self) -> Dict[str, object]:
         """What every result carries in ``extra_info`` about where it was measured."""
         out: Dict[str, object] = {
-            "device": self.device_name, "capability": self.capability, **self.versions, "date": self.date,
-            "peak_tflops_16bit": self.peak_tflops_16bit, "peak_gbps": self.peak_gbps,
-            "peak_gbps_source": self.peak_gbps_source, "copy_gbps_measured": self.copy_gbps,
+            "device": self.device_name,
+            "capability": self.capability,
+            **self.versions,
+            "date": self.date,
+            "peak_tflops_16bit": self.peak_tflops_16bit,
+            "peak_gbps": self.peak_gbps,
+            "peak_gbps_source": self.peak_gbps_source,
+            "copy_gbps_measured": self.copy_gbps,
             "speed_claim": self.speed_claim,
             "timer": "cuda events" if self.cuda else "host perf_counter (CPU, Triton interpreter)",
         }
@@ -243,12 +272,18 @@ class BenchEnv:
 def versions() -> Dict[str, Optional[str]]:
     try:
         import triton
+
         triton_version: Optional[str] = triton.__version__
     except ImportError:
         triton_version = None
-    return {"torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "attnlens": attnlens.__version__, "python": platform.python_version(),
-            "triton_interpret": os.environ.get("TRITON_INTERPRET")}
+    return {
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "attnlens": attnlens.__version__,
+        "python": platform.python_version(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+    }
 
 
 def _peak_gbps(props) -> Tuple[Optional[float], Optional[str]]:
@@ -287,12 +322,40 @@ def detect_env(target_seconds: float = 0.25) -> BenchEnv:
         props = torch.cuda.get_device_properties(device)
         peak_tflops = next((tf for name, tf, _ in _DATASHEET if name in props.name), None)
         peak_gbps, source = _peak_gbps(props)
-        return BenchEnv(True, device, props.name, f"sm_{props.major}{props.minor}", versions(), date,
-                        int(getattr(props, "L2_cache_size", 0) or 50 << 20), peak_tflops, peak_gbps, source,
-                        measure_copy_gbps(device), target_seconds, min_rounds=5, max_rounds=100, warmup=3)
-    return BenchEnv(False, torch.device("cpu"), f"CPU ({platform.processor() or platform.machine()})", None,
-                    versions(), date, 0, None, None, None, None, target_seconds, min_rounds=1, max_rounds=1,
-                    warmup=1)
+        return BenchEnv(
+            True,
+            device,
+            props.name,
+            f"sm_{props.major}{props.minor}",
+            versions(),
+            date,
+            int(getattr(props, "L2_cache_size", 0) or 50 << 20),
+            peak_tflops,
+            peak_gbps,
+            source,
+            measure_copy_gbps(device),
+            target_seconds,
+            min_rounds=5,
+            max_rounds=100,
+            warmup=3,
+        )
+    return BenchEnv(
+        False,
+        torch.device("cpu"),
+        f"CPU ({platform.processor() or platform.machine()})",
+        None,
+        versions(),
+        date,
+        0,
+        None,
+        None,
+        None,
+        None,
+        target_seconds,
+        min_rounds=1,
+        max_rounds=1,
+        warmup=1,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,10 +381,12 @@ class RoundTimer:
                 end.synchronize()
                 self.times.append(start.elapsed_time(end) * 1e-3)
         else:
+
             def target(*args):
                 t0 = time.perf_counter()
                 fn(*args)
                 self.times.append(time.perf_counter() - t0)
+
         return target
 
 
@@ -335,17 +400,19 @@ def input_sets(env: BenchEnv, set_bytes: int) -> int:
     return max(1, min(wanted, int(0.25 * free // max(set_bytes, 1))))
 
 
-def attention_input_sets(case: Case, env: BenchEnv, generator: torch.Generator,
-                         training: bool) -> List[Dict[str, torch.Tensor]]:
+def attention_input_sets(
+    case: Case, env: BenchEnv, generator: torch.Generator, training: bool
+) -> List[Dict[str, torch.Tensor]]:
     """Fresh random ``q``, ``k``, ``v`` ``[B, H, N, D]`` in the case's dtype (and ``grad``, the
     incoming gradient, when ``training``; q/k/v then require grad), as many sets as
     :func:`input_sets` allows."""
     shape = (case.batch, case.heads, case.seqlen, case.head_dim)
-    names = ("q", "k", "v", "grad")[:4 if training else 3]
+    names = ("q", "k", "v", "grad")[: 4 if training else 3]
 
     def draw() -> Dict[str, torch.Tensor]:
-        tensors = {name: torch.randn(shape, device=env.device, dtype=case.torch_dtype, generator=generator)
-                   for name in names}
+        tensors = {
+            name: torch.randn(shape, device=env.device, dtype=case.torch_dtype, generator=generator) for name in names
+        }
         for name in ("q", "k", "v"):
             tensors[name].requires_grad_(training)
         return tensors
@@ -373,8 +440,9 @@ def fits_in_memory(env: BenchEnv, nbytes: float) -> bool:
     return nbytes < 0.85 * free
 
 
-def measure(benchmark, env: BenchEnv, run: Callable[[object], object], setup: Callable[[], object],
-            info: Dict[str, object]) -> float:
+def measure(
+    benchmark, env: BenchEnv, run: Callable[[object], object], setup: Callable[[], object], info: Dict[str, object]
+) -> float:
     """Time ``run(setup())`` with pytest-benchmark's pedantic mode; fill ``extra_info``.
 
     ``setup`` runs outside the timed region before every call (it picks the next input set and
@@ -407,8 +475,11 @@ def measure(benchmark, env: BenchEnv, run: Callable[[object], object], setup: Ca
     extra.update(median_s=median, min_s=min(timer.times), rounds=rounds)
     extra["tflops"] = info["flops"] / median / 1e12
     extra["gbps"] = info["bytes"] / median / 1e9
-    extra["tflops_fraction_of_peak"] = (extra["tflops"] / env.peak_tflops_16bit
-                                        if env.peak_tflops_16bit and info.get("dtype") in ("fp16", "bf16") else None)
+    extra["tflops_fraction_of_peak"] = (
+        extra["tflops"] / env.peak_tflops_16bit
+        if env.peak_tflops_16bit and info.get("dtype") in ("fp16", "bf16")
+        else None
+    )
     extra["gbps_fraction_of_peak"] = extra["gbps"] / env.peak_gbps if env.peak_gbps else None
     if info.get("weights_bytes"):
         floor = info["weights_bytes"] / (env.copy_gbps * 1e9) if env.copy_gbps else None

@@ -49,11 +49,16 @@ from harness import (
     weights_bytes,
 )
 
-CASES: Dict[str, Case] = {c.id: c for c in ((grid_cases() + tour_cases()) if torch.cuda.is_available()
-                                              else smoke_cases())}
+CASES: Dict[str, Case] = {
+    c.id: c for c in ((grid_cases() + tour_cases()) if torch.cuda.is_available() else smoke_cases())
+}
 
-SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                 "cudnn": "CUDNN_ATTENTION"}
+SDPA_BACKENDS = {
+    "math": "MATH",
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+}
 
 #: (implementation, op); op "fwd" is the forward alone, "fwdbwd" forward then backward
 BENCHMARKS: List[Tuple[str, str]] = (
@@ -64,8 +69,13 @@ BENCHMARKS: List[Tuple[str, str]] = (
 )
 
 #: implementation -> the weights it returns
-WEIGHTS = {"attnlens-weights": "per_head", "attnlens-weights-mean": "mean", "reference-weights": "per_head",
-           "mha-torch-weights": "mean", "mha-attnlens-weights": "mean"}
+WEIGHTS = {
+    "attnlens-weights": "per_head",
+    "attnlens-weights-mean": "mean",
+    "reference-weights": "per_head",
+    "mha-torch-weights": "mean",
+    "mha-attnlens-weights": "mean",
+}
 
 
 def _sdpa_backend(name: str):
@@ -92,13 +102,16 @@ def _attention_call(case: Case, impl: str, pad: Optional[torch.Tensor]) -> Calla
         mode = {"attnlens": False, "attnlens-weights": True, "attnlens-weights-mean": "mean"}[impl]
 
         def call(q, k, v):
-            result = attnlens.scaled_dot_product_attention(q, k, v, is_causal=case.causal, key_padding_mask=pad,
-                                                           return_weights=mode)
+            result = attnlens.scaled_dot_product_attention(
+                q, k, v, is_causal=case.causal, key_padding_mask=pad, return_weights=mode
+            )
             return result[0] if mode else result
+
         return call
     if impl == "reference-weights":
         return lambda q, k, v: attnlens.reference.scaled_dot_product_attention(
-            q, k, v, is_causal=case.causal, key_padding_mask=pad, return_weights=True)[0]
+            q, k, v, is_causal=case.causal, key_padding_mask=pad, return_weights=True
+        )[0]
     # torch SDPA: a bool mask means True = attend; broadcast [B, 1, 1, N], never expanded
     mask = None if pad is None else (~pad)[:, None, None, :]
     return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=case.causal)
@@ -106,7 +119,7 @@ def _attention_call(case: Case, impl: str, pad: Optional[torch.Tensor]) -> Calla
 
 def _scratch_bytes(case: Case, impl: str, op: str) -> float:
     """Rough memory an implementation needs beyond its inputs, to skip what cannot fit."""
-    scores = case.batch * case.heads * case.seqlen ** 2
+    scores = case.batch * case.heads * case.seqlen**2
     element = torch.finfo(case.torch_dtype).bits // 8
     if impl == "sdpa-math":  # fp32 scores, softmax and (training) what backward keeps
         return scores * 4 * (3 if op == "fwd" else 6)
@@ -117,8 +130,7 @@ def _scratch_bytes(case: Case, impl: str, op: str) -> float:
     return 1.1 * weights_bytes(case, WEIGHTS.get(impl, "none"))
 
 
-def _attention_bench(case: Case, impl: str, op: str, env, generator: torch.Generator,
-                     lengths: Optional[List[int]]):
+def _attention_bench(case: Case, impl: str, op: str, env, generator: torch.Generator, lengths: Optional[List[int]]):
     """``(run, setup, info)`` for an attention-level benchmark."""
     device = env.device
     pad = key_padding_mask(case, lengths, device)
@@ -134,16 +146,23 @@ def _attention_bench(case: Case, impl: str, op: str, env, generator: torch.Gener
         return tensors
 
     if training:
+
         def run(t):
             call(t["q"], t["k"], t["v"]).backward(t["grad"])
     else:
+
         def run(t):
             with torch.no_grad():
                 call(t["q"], t["k"], t["v"])
 
     weights = WEIGHTS.get(impl, "none")
-    info = {"flops": attention_flops(case, lengths, op), "bytes": attention_bytes(case, lengths, op, weights),
-            "weights": weights, "weights_bytes": weights_bytes(case, weights), "input_sets": len(sets)}
+    info = {
+        "flops": attention_flops(case, lengths, op),
+        "bytes": attention_bytes(case, lengths, op, weights),
+        "weights": weights,
+        "weights_bytes": weights_bytes(case, weights),
+        "input_sets": len(sets),
+    }
     if impl.startswith("attnlens"):
         info["attnlens_path"] = attnlens.selected_backend(device)
     return run, setup, info
@@ -162,11 +181,13 @@ def _attnlens_layer(mha: torch.nn.MultiheadAttention, case: Case, pad: Optional[
         batch, seqlen, embed = x.shape
         qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).view(batch, seqlen, 3, heads, head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, H, N, D] views, read in place
-        result = attnlens.scaled_dot_product_attention(q, k, v, is_causal=case.causal, key_padding_mask=pad,
-                                                       return_weights=weights)
+        result = attnlens.scaled_dot_product_attention(
+            q, k, v, is_causal=case.causal, key_padding_mask=pad, return_weights=weights
+        )
         out, w = result if weights else (result, None)
         # attnlens lays out like q, [B, N, H, D] in memory: this reshape is free
         return F.linear(out.transpose(1, 2).reshape(batch, seqlen, embed), mha.out_proj.weight, mha.out_proj.bias), w
+
     return layer
 
 
@@ -178,15 +199,18 @@ def _module_bench(case: Case, impl: str, env, generator: torch.Generator, length
     with torch.no_grad():
         for bias in (mha.in_proj_bias, mha.out_proj.bias):
             bias.copy_(0.02 * torch.randn(bias.shape, device=device, dtype=dtype, generator=generator))
-    causal_mask = (torch.ones(case.seqlen, case.seqlen, dtype=torch.bool, device=device).triu(1)
-                   if case.causal else None)  # True = not allowed, as nn.MultiheadAttention
+    causal_mask = (
+        torch.ones(case.seqlen, case.seqlen, dtype=torch.bool, device=device).triu(1) if case.causal else None
+    )  # True = not allowed, as nn.MultiheadAttention
     weights = WEIGHTS.get(impl, "none")
 
     def torch_layer(x, need_weights):
-        return mha(x, x, x, key_padding_mask=pad, need_weights=need_weights, attn_mask=causal_mask,
-                   is_causal=case.causal)
+        return mha(
+            x, x, x, key_padding_mask=pad, need_weights=need_weights, attn_mask=causal_mask, is_causal=case.causal
+        )
 
     if impl.startswith("mha-torch"):
+
         def call(x):
             return torch_layer(x, weights != "none")
     else:
@@ -194,8 +218,9 @@ def _module_bench(case: Case, impl: str, env, generator: torch.Generator, length
 
     shape = (case.batch, case.seqlen, case.embed_dim)
     set_bytes = torch.Size(shape).numel() * (torch.finfo(dtype).bits // 8)
-    sets = [torch.randn(shape, device=device, dtype=dtype, generator=generator)
-            for _ in range(input_sets(env, set_bytes))]
+    sets = [
+        torch.randn(shape, device=device, dtype=dtype, generator=generator) for _ in range(input_sets(env, set_bytes))
+    ]
 
     if impl.startswith("mha-attnlens") and case.family != "grid":
         # not a test, but a benchmark of the wrong computation is worse than none: the layer built
@@ -213,9 +238,13 @@ def _module_bench(case: Case, impl: str, env, generator: torch.Generator, length
         with torch.no_grad():
             call(x)
 
-    info = {"flops": attention_flops(case, lengths, "fwd") + projection_flops(case),
-            "bytes": module_bytes(case, weights), "weights": weights, "weights_bytes": weights_bytes(case, weights),
-            "input_sets": len(sets)}
+    info = {
+        "flops": attention_flops(case, lengths, "fwd") + projection_flops(case),
+        "bytes": module_bytes(case, weights),
+        "weights": weights,
+        "weights_bytes": weights_bytes(case, weights),
+        "input_sets": len(sets),
+    }
     if impl.startswith("mha-attnlens"):
         info["attnlens_path"] = attnlens.selected_backend(device)
     return run, setup, info
@@ -250,11 +279,13 @@ def test_attention(benchmark, bench_env, case_id: str, bench: str):
     benchmark.group = f"{op} {case.id}"
     if env.cuda and not fits_in_memory(env, _scratch_bytes(case, impl, op)):
         free = torch.cuda.mem_get_info(env.device)[0]
-        pytest.skip(f"{impl} needs about {_scratch_bytes(case, impl, op) / 2 ** 30:.1f} GiB beyond its inputs; "
-                    f"{free / 2 ** 30:.1f} GiB free")
+        pytest.skip(
+            f"{impl} needs about {_scratch_bytes(case, impl, op) / 2**30:.1f} GiB beyond its inputs; "
+            f"{free / 2**30:.1f} GiB free"
+        )
     context = contextlib.ExitStack()
     if impl.startswith("sdpa-"):
-        backend, missing = _sdpa_backend(impl[len("sdpa-"):])
+        backend, missing = _sdpa_backend(impl[len("sdpa-") :])
         if missing:
             pytest.skip(missing)
         sdpa_kernel, member = backend
@@ -268,7 +299,7 @@ def test_attention(benchmark, bench_env, case_id: str, bench: str):
             else:
                 run, setup, info = _attention_bench(case, impl, op, env, generator, lengths)
             if impl.startswith("sdpa-"):
-                _skip_if_unrunnable(run, setup, f"torch SDPA backend {impl[len('sdpa-'):]}")
+                _skip_if_unrunnable(run, setup, f"torch SDPA backend {impl[len('sdpa-') :]}")
             info.update(impl=impl, op=op, case=case.id, key_lengths=lengths, **case.params())
             measure(benchmark, env, run, setup, info)
         except torch.cuda.OutOfMemoryError as exc:

@@ -61,15 +61,50 @@ KERNEL_OPS = {"forward": "fwd", "weights": "weights", "backward_dkdv": "fwdbwd",
 # 16-bit candidates for sm_80/sm_90: the FlashAttention-2 neighbourhood of the defaults. The
 # weights kernel has no key loop without head averaging, so its stages barely matter there.
 _GPU_CANDIDATES: Dict[str, List[Tuple[int, int, int, int]]] = {
-    "forward": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3), (128, 64, 4, 2),
-                (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
-                (256, 64, 8, 3)],
-    "weights": [(64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 4, 2),
-                (128, 128, 8, 2), (256, 64, 8, 2), (64, 256, 8, 2)],
-    "backward_dkdv": [(32, 64, 4, 2), (32, 64, 8, 2), (32, 128, 4, 2), (32, 128, 8, 2), (64, 64, 4, 2),
-                      (64, 128, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2)],
-    "backward_dq": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 32, 4, 2), (128, 64, 8, 2),
-                    (128, 64, 8, 3), (128, 128, 8, 2)],
+    "forward": [
+        (64, 64, 4, 2),
+        (64, 64, 4, 3),
+        (64, 128, 4, 3),
+        (128, 32, 4, 3),
+        (128, 64, 4, 2),
+        (128, 64, 4, 3),
+        (128, 64, 4, 4),
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+        (128, 128, 8, 3),
+        (256, 64, 8, 3),
+    ],
+    "weights": [
+        (64, 64, 4, 2),
+        (64, 128, 4, 2),
+        (128, 64, 4, 2),
+        (128, 64, 8, 2),
+        (128, 128, 4, 2),
+        (128, 128, 8, 2),
+        (256, 64, 8, 2),
+        (64, 256, 8, 2),
+    ],
+    "backward_dkdv": [
+        (32, 64, 4, 2),
+        (32, 64, 8, 2),
+        (32, 128, 4, 2),
+        (32, 128, 8, 2),
+        (64, 64, 4, 2),
+        (64, 128, 4, 2),
+        (64, 128, 8, 2),
+        (64, 128, 8, 3),
+        (128, 64, 8, 2),
+        (128, 128, 8, 2),
+    ],
+    "backward_dq": [
+        (64, 64, 4, 2),
+        (64, 64, 4, 3),
+        (64, 128, 8, 2),
+        (128, 32, 4, 2),
+        (128, 64, 8, 2),
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+    ],
 }
 # KernelConfig.tma: the forward reading Q, K and V through tensor descriptors, the weights kernel
 # writing its tiles through one (sm_90 and newer only: other cards take the pointer path, so these
@@ -103,8 +138,11 @@ def _specs(kernel: str, heavy: bool = False) -> List[str]:
     (``heavy``: the heavy-call candidates, and no descriptor ones)."""
     if heavy:
         return ["default"] + ["x".join(map(str, c)) for c in HEAVY_CANDIDATES[kernel]]
-    return (["default"] + ["x".join(map(str, c)) for c in CANDIDATES[kernel]]
-            + ["x".join(map(str, c)) + "+tma" for c in TMA_CANDIDATES.get(kernel, [])])
+    return (
+        ["default"]
+        + ["x".join(map(str, c)) for c in CANDIDATES[kernel]]
+        + ["x".join(map(str, c)) + "+tma" for c in TMA_CANDIDATES.get(kernel, [])]
+    )
 
 
 def sweep_cases() -> List[Case]:
@@ -113,8 +151,9 @@ def sweep_cases() -> List[Case]:
     key padding, dropout 0.1). On a CPU: two tiny cases."""
     if not CUDA:
         return [Case("sweep", 1, 2, 40, 16, "fp16", "causal"), Case("sweep", 2, 2, 40, 16, "fp16", TRAINING)]
-    return [Case("sweep", 4, 2048 // d, 4096, d, "fp16", mask) for d in (64, 128)
-            for mask in ("none", "causal", TRAINING)]
+    return [
+        Case("sweep", 4, 2048 // d, 4096, d, "fp16", mask) for d in (64, 128) for mask in ("none", "causal", TRAINING)
+    ]
 
 
 CASES = {c.id: c for c in sweep_cases()}
@@ -127,8 +166,12 @@ def _heavy(case: Case) -> bool:
 
 
 #: (case id, "<kernel>-<spec>"): each case with its own candidates
-PAIRS = [(case_id, f"{kernel}-{spec}") for case_id, case in CASES.items()
-         for kernel in KERNEL_OPS for spec in _specs(kernel, _heavy(case))]
+PAIRS = [
+    (case_id, f"{kernel}-{spec}")
+    for case_id, case in CASES.items()
+    for kernel in KERNEL_OPS
+    for spec in _specs(kernel, _heavy(case))
+]
 
 
 def config_label(cfg: KernelConfig) -> str:
@@ -137,8 +180,7 @@ def config_label(cfg: KernelConfig) -> str:
     return f"{cfg.block_m}x{cfg.block_n}-w{cfg.num_warps}-s{cfg.num_stages}" + ("-tma" if cfg.tma else "")
 
 
-def _call(case: Case, op: str,
-          pad: Optional[torch.Tensor]) -> Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]]:
+def _call(case: Case, op: str, pad: Optional[torch.Tensor]) -> Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]]:
     """``tensors -> results`` for the op; the results are what the correctness check compares."""
     kwargs = dict(is_causal=case.causal, key_padding_mask=pad, dropout_p=case.dropout_p)
 
@@ -151,14 +193,17 @@ def _call(case: Case, op: str,
             return [out.detach(), t["q"].grad, t["k"].grad, t["v"].grad]
         with torch.no_grad():
             if op == "weights":
-                return list(attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], return_weights=True,
-                                                                  **kwargs))
+                return list(
+                    attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], return_weights=True, **kwargs)
+                )
             return [attnlens.scaled_dot_product_attention(t["q"], t["k"], t["v"], **kwargs)]
+
     return call
 
 
-def _seeded(call: Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]],
-            tensors: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+def _seeded(
+    call: Callable[[Dict[str, torch.Tensor]], List[torch.Tensor]], tensors: Dict[str, torch.Tensor]
+) -> List[torch.Tensor]:
     """``call(tensors)`` from a fixed state of torch's generator: with dropout, the same pattern
     for the default and the candidate, so that their results can be compared."""
     torch.manual_seed(20261201)
@@ -182,6 +227,7 @@ def _tma_used(kernel: str, cfg: KernelConfig, t: Dict[str, torch.Tensor], got: L
 def _does_not_fit(exc: BaseException) -> bool:
     """Triton's OutOfResources, bare or as the cause of attnlens's RuntimeError about it."""
     from attnlens.kernels.launch import OutOfResources
+
     return isinstance(exc, OutOfResources) or isinstance(exc.__cause__, OutOfResources)
 
 
@@ -195,8 +241,9 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
     default = get_config(kernel, env.device, dtype, case.head_dim, interpreted=not env.cuda, heavy=_heavy(case))
     cfg = default if spec == "default" else parse_config(spec)
     if spec != "default" and cfg == default:
-        pytest.skip(f"{config_label(cfg)} is this machine's default {kernel} configuration, "
-                    f"timed as '{kernel}-default'")
+        pytest.skip(
+            f"{config_label(cfg)} is this machine's default {kernel} configuration, timed as '{kernel}-default'"
+        )
     benchmark.group = f"sweep {kernel} {case.id}"
 
     generator = torch.Generator(device=env.device).manual_seed(zlib.crc32(f"{case.id} {candidate}".encode()))
@@ -221,11 +268,20 @@ def test_config(benchmark, bench_env, case_id: str, candidate: str):
         info: Dict[str, Optional[object]] = {
             "flops": attention_flops(case, lengths, bench_op),
             "bytes": attention_bytes(case, lengths, bench_op, weights),
-            "weights": weights, "weights_bytes": weights_bytes(case, weights), "input_sets": len(sets),
-            "impl": "attnlens-sweep", "op": op, "case": case.id, "kernel": kernel, "config": config_label(cfg),
-            "default_config": config_label(default), "is_default": spec == "default", "heavy": _heavy(case),
+            "weights": weights,
+            "weights_bytes": weights_bytes(case, weights),
+            "input_sets": len(sets),
+            "impl": "attnlens-sweep",
+            "op": op,
+            "case": case.id,
+            "kernel": kernel,
+            "config": config_label(cfg),
+            "default_config": config_label(default),
+            "is_default": spec == "default",
+            "heavy": _heavy(case),
             "key_lengths": lengths,
-            "max_rel_error_vs_default": error, "attnlens_path": attnlens.selected_backend(env.device),
+            "max_rel_error_vs_default": error,
+            "attnlens_path": attnlens.selected_backend(env.device),
             "tma_used": tma_used,
             **case.params(),
         }

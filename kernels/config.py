@@ -114,8 +114,9 @@ def table_config(family: str, kernel: str, bits: int, head_dim: int, heavy: bool
     head dim ``head_dim`` (its bucket), the heavy-call row where one exists when ``heavy``;
     ``None`` when the table has none. No overrides applied: ``get_config`` applies them."""
     bucket = head_dim_bucket(head_dim)
-    bounds = sorted(bound for (fam, ker, b, bound) in _TABLE
-                    if (fam, ker, b) == (family, kernel, bits) and bucket <= bound)
+    bounds = sorted(
+        bound for (fam, ker, b, bound) in _TABLE if (fam, ker, b) == (family, kernel, bits) and bucket <= bound
+    )
     if not bounds:
         return None
     key = (family, kernel, bits, bounds[0])
@@ -142,31 +143,39 @@ for _kernel in KERNELS:
 _LARGE_SHARED_16 = {
     #                  ordinary rows per head-dim bound        heavy rows (is_heavy) where they differ
     "sm90": {
-        "forward": ({64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 32, 8, 2)},
-                    {64: _K(128, 64, 8, 3), 128: _K(128, 32, 8, 3)}),
-        "weights": ({64: _K(128, 64, 4, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)},
-                    {64: _K(128, 64, 8, 2)}),
-        "backward_dkdv": ({64: _K(32, 128, 8, 2), 128: _K(16, 128, 8, 2), 256: _K(32, 16, 8, 2)},
-                          {64: _K(16, 128, 8, 2)}),  # Triton 3.6 spills 16-32 B with 32x128 here
-        "backward_dq": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 32, 8, 2)},
-                        {128: _K(128, 32, 8, 2), 256: _K(64, 16, 8, 2)}),
+        "forward": (
+            {64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 32, 8, 2)},
+            {64: _K(128, 64, 8, 3), 128: _K(128, 32, 8, 3)},
+        ),
+        "weights": ({64: _K(128, 64, 4, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)}, {64: _K(128, 64, 8, 2)}),
+        "backward_dkdv": (
+            {64: _K(32, 128, 8, 2), 128: _K(16, 128, 8, 2), 256: _K(32, 16, 8, 2)},
+            {64: _K(16, 128, 8, 2)},
+        ),  # Triton 3.6 spills 16-32 B with 32x128 here
+        "backward_dq": (
+            {64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 32, 8, 2)},
+            {128: _K(128, 32, 8, 2), 256: _K(64, 16, 8, 2)},
+        ),
     },
     "sm100": {  # tcgen05 (UTCHMMA), accumulators in tensor memory; 227 KiB per block
-        "forward": ({64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 64, 8, 1)},
-                    {64: _K(128, 32, 8, 3), 128: _K(64, 32, 8, 3)}),
-        "weights": ({64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 64, 4, 2)},
-                    {64: _K(64, 64, 4, 2)}),
+        "forward": (
+            {64: _K(128, 64, 4, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 64, 8, 1)},
+            {64: _K(128, 32, 8, 3), 128: _K(64, 32, 8, 3)},
+        ),
+        "weights": ({64: _K(128, 64, 4, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 64, 4, 2)}, {64: _K(64, 64, 4, 2)}),
         "backward_dkdv": ({64: _K(32, 64, 8, 2), 128: _K(32, 64, 8, 1), 256: _K(32, 16, 8, 2)}, {}),
-        "backward_dq": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 32, 8, 2)},
-                        {64: _K(128, 32, 8, 2)}),
+        "backward_dq": (
+            {64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 32, 8, 2)},
+            {64: _K(128, 32, 8, 2)},
+        ),
     },
     "sm80": {
-        "forward": ({64: _K(128, 64, 8, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 32, 8, 2)},
-                    {128: _K(128, 32, 8, 3)}),
-        "weights": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)},
-                    {256: _K(64, 64, 8, 2)}),
-        "backward_dkdv": ({64: _K(16, 128, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 16, 8, 2)},
-                          {64: _K(32, 32, 8, 2), 128: _K(32, 32, 8, 2)}),
+        "forward": ({64: _K(128, 64, 8, 3), 128: _K(128, 64, 8, 3), 256: _K(64, 32, 8, 2)}, {128: _K(128, 32, 8, 3)}),
+        "weights": ({64: _K(128, 64, 8, 2), 128: _K(128, 64, 8, 2), 256: _K(64, 64, 4, 2)}, {256: _K(64, 64, 8, 2)}),
+        "backward_dkdv": (
+            {64: _K(16, 128, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 16, 8, 2)},
+            {64: _K(32, 32, 8, 2), 128: _K(32, 32, 8, 2)},
+        ),
         "backward_dq": ({64: _K(128, 32, 8, 2), 128: _K(64, 64, 8, 2), 256: _K(64, 32, 8, 2)}, {}),
     },
 }
@@ -193,8 +202,12 @@ for _family, _kernels in _LARGE_SHARED_16.items():
             _fill(_family, _kernel, 32, {64: _K(16, 16, warps, 2), 128: _K(16, 16, 8, 2), 256: _K(16, 16, 8, 1)})
         else:
             _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 32, 8, 2), 256: _K(16, 16, 8, 1)})
-        _fill(_family, _kernel, 64, {64: _K(32, 16, 8 if _kernel == "backward_dkdv" else 4, 1),
-                                     256: _K(16, 16, 8 if backward else 4, 1)})
+        _fill(
+            _family,
+            _kernel,
+            64,
+            {64: _K(32, 16, 8 if _kernel == "backward_dkdv" else 4, 1), 256: _K(16, 16, 8 if backward else 4, 1)},
+        )
 
 # sm8x: 99 KiB of shared memory per block, and two ptxas back ends (sm_86/89 and sm_120) that
 # spill at different points; every entry was compiled for sm_86, sm_89 and sm_120 and spills on
@@ -206,21 +219,32 @@ for _family, _kernels in _LARGE_SHARED_16.items():
 # attnlens.functional.MIN_KERNEL_CAPABILITY) and any architecture newer than the families above.
 _SMALL_SHARED_16 = {
     #                  ordinary rows per head-dim bound        heavy rows (is_heavy) where they differ
-    "forward": ({64: _K(64, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)},
-                {256: _K(64, 16, 8, 1)}),
+    "forward": ({64: _K(64, 32, 4, 3), 128: _K(128, 32, 8, 2), 256: _K(64, 32, 8, 1)}, {256: _K(64, 16, 8, 1)}),
     "weights": ({64: _K(128, 64, 8, 2), 128: _K(64, 64, 4, 2), 256: _K(64, 32, 4, 1)}, {}),
-    "backward_dkdv": ({64: _K(16, 32, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 16, 8, 2)},
-                      {128: _K(32, 32, 8, 2), 256: _K(16, 16, 8, 2)}),
-    "backward_dq": ({64: _K(128, 32, 8, 2), 128: _K(64, 32, 4, 2), 256: _K(64, 32, 8, 1)},
-                    {128: _K(64, 32, 8, 2), 256: _K(32, 32, 8, 1)}),
+    "backward_dkdv": (
+        {64: _K(16, 32, 8, 2), 128: _K(32, 64, 8, 2), 256: _K(32, 16, 8, 2)},
+        {128: _K(32, 32, 8, 2), 256: _K(16, 16, 8, 2)},
+    ),
+    "backward_dq": (
+        {64: _K(128, 32, 8, 2), 128: _K(64, 32, 4, 2), 256: _K(64, 32, 8, 1)},
+        {128: _K(64, 32, 8, 2), 256: _K(32, 32, 8, 1)},
+    ),
 }
 for _family in ("sm8x", "default"):
     _fill_16bit(_family, _SMALL_SHARED_16)
     for _kernel in KERNELS:
         dkdv, dq = _kernel == "backward_dkdv", _kernel == "backward_dq"
         # fp32 dK/dV: 16x16 tiles at d<=128 (bench/NOTES.md, step 5)
-        _fill(_family, _kernel, 32, {64: _K(32, 32, 8, 2), 128: _K(16, 16, 8, 1) if dkdv else _K(16, 32, 8, 2),
-                                     256: _K(16, 16, 4 if dq else 8, 1)})
+        _fill(
+            _family,
+            _kernel,
+            32,
+            {
+                64: _K(32, 32, 8, 2),
+                128: _K(16, 16, 8, 1) if dkdv else _K(16, 32, 8, 2),
+                256: _K(16, 16, 4 if dq else 8, 1),
+            },
+        )
         _fill(_family, _kernel, 64, {64: _K(16, 16, 8, 1) if dkdv else _K(32, 16, 4, 1), 256: _K(16, 16, 8, 1)})
 
 _OVERRIDES: Dict[Optional[str], Dict[str, object]] = {}
@@ -234,8 +258,9 @@ def is_heavy(mask_kind: int, has_dropout: bool, has_dw: bool = False) -> bool:
     return bool(mask_kind) or bool(has_dropout) or bool(has_dw)
 
 
-def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
-               interpreted: bool = False, heavy: bool = False) -> KernelConfig:
+def get_config(
+    kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int, interpreted: bool = False, heavy: bool = False
+) -> KernelConfig:
     """The launch configuration for ``kernel`` on ``device`` for inputs of ``dtype`` and the
     larger of the query/key and value head dimensions ``head_dim``.
 
@@ -263,9 +288,11 @@ def get_config(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: 
             if not 1 <= len(fields) <= 4:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"ATTNLENS_CONFIG_{kernel.upper()} must be comma-separated ints "
-                             f"'block_m,block_n[,num_warps[,num_stages]]', optionally ending in ',tma', "
-                             f"got {env!r}") from None
+            raise ValueError(
+                f"ATTNLENS_CONFIG_{kernel.upper()} must be comma-separated ints "
+                f"'block_m,block_n[,num_warps[,num_stages]]', optionally ending in ',tma', "
+                f"got {env!r}"
+            ) from None
         cfg = dataclasses.replace(cfg, **dict(zip(("block_m", "block_n", "num_warps", "num_stages"), fields)))
         if tma:
             cfg = dataclasses.replace(cfg, tma=True)

@@ -188,9 +188,11 @@ def _descriptor_scratch(device: torch.device, needed: bool) -> Iterator[None]:
 
 def _check_grid(batch: int, heads: int) -> None:
     if batch > _MAX_GRID_YZ or heads > _MAX_GRID_YZ:
-        raise ValueError(f"on the kernel path, batch ({batch}) and query heads ({heads}) must each be at most "
-                         f"{_MAX_GRID_YZ} (CUDA's grid limit on the axes they run on); split the batch into "
-                         f"chunks of at most {_MAX_GRID_YZ} and concatenate the results")
+        raise ValueError(
+            f"on the kernel path, batch ({batch}) and query heads ({heads}) must each be at most "
+            f"{_MAX_GRID_YZ} (CUDA's grid limit on the axes they run on); split the batch into "
+            f"chunks of at most {_MAX_GRID_YZ} and concatenate the results"
+        )
 
 
 def lse_to_natural(lse: torch.Tensor) -> torch.Tensor:
@@ -207,17 +209,54 @@ def lse_to_natural(lse: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, pad_base, seed, rng_stream,
-                  offs_m, offs_d, offs_dv, lo, hi,
-                  stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim,
-                  stride_mask_q, stride_mask_k, stride_pad_k,
-                  seqlen_q, seqlen_k, head_dim, head_dim_v, causal_offset,
-                  qk_scale, qk_scale_lo, dropout_p, keep_scale,
-                  BOUNDARY: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-                  HAS_PADDING: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                  EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_DQK: tl.constexpr,
-                  EVEN_DV: tl.constexpr, USE_FP64: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                  USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_key_loop(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    k_desc,
+    v_desc,
+    mask_base,
+    pad_base,
+    seed,
+    rng_stream,
+    offs_m,
+    offs_d,
+    offs_dv,
+    lo,
+    hi,
+    stride_k_seq,
+    stride_k_dim,
+    stride_v_seq,
+    stride_v_dim,
+    stride_mask_q,
+    stride_mask_k,
+    stride_pad_k,
+    seqlen_q,
+    seqlen_k,
+    head_dim,
+    head_dim_v,
+    causal_offset,
+    qk_scale,
+    qk_scale_lo,
+    dropout_p,
+    keep_scale,
+    BOUNDARY: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_DQK: tl.constexpr,
+    EVEN_DV: tl.constexpr,
+    USE_FP64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Online softmax over key blocks [lo, hi). With BOUNDARY=False every block lies wholly
     inside the keys and wholly below the causal diagonal, so no bound or causal test is made.
     With USE_TMA, K and V tiles come through the tensor descriptors (zeros outside the keys and
@@ -232,9 +271,25 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, p
             k_ptrs = k_base + offs_n64[None, :] * stride_k_seq + offs_d.to(tl.int64)[:, None] * stride_k_dim
             k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, CHECK_N)
         s = scaled_scores(q, k_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
-        s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
-                        pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
-                        not EVEN_M, CHECK_N, BOUNDARY and IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
+        s = apply_masks(
+            s,
+            offs_m[:, None],
+            offs_n[None, :],
+            mask_base,
+            stride_mask_q,
+            stride_mask_k,
+            pad_base,
+            stride_pad_k,
+            seqlen_q,
+            seqlen_k,
+            causal_offset,
+            not EVEN_M,
+            CHECK_N,
+            BOUNDARY and IS_CAUSAL,
+            MASK_KIND,
+            HAS_PADDING,
+            USE_FP64,
+        )
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row that has seen only masked keys keeps m = -inf; shift it by 0 so exp gives 0, not NaN.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -256,20 +311,63 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, p
 
 @triton.jit(do_not_specialize=["causal_offset"])
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, mask_ptr, pad_ptr, kv_range_ptr, seed_ptr,
-    stride_q_batch, stride_q_head, stride_q_seq, stride_q_dim,
-    stride_k_batch, stride_k_head, stride_k_seq, stride_k_dim,
-    stride_v_batch, stride_v_head, stride_v_seq, stride_v_dim,
-    stride_out_batch, stride_out_head, stride_out_seq, stride_out_dim,
-    stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k,
-    stride_pad_batch, stride_pad_k,
-    num_heads_q, kv_group_size, seqlen_q, seqlen_k, head_dim, head_dim_v,
-    causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, HAS_PADDING: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, USE_FP64: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    lse_ptr,
+    mask_ptr,
+    pad_ptr,
+    kv_range_ptr,
+    seed_ptr,
+    stride_q_batch,
+    stride_q_head,
+    stride_q_seq,
+    stride_q_dim,
+    stride_k_batch,
+    stride_k_head,
+    stride_k_seq,
+    stride_k_dim,
+    stride_v_batch,
+    stride_v_head,
+    stride_v_seq,
+    stride_v_dim,
+    stride_out_batch,
+    stride_out_head,
+    stride_out_seq,
+    stride_out_dim,
+    stride_mask_batch,
+    stride_mask_head,
+    stride_mask_q,
+    stride_mask_k,
+    stride_pad_batch,
+    stride_pad_k,
+    num_heads_q,
+    kv_group_size,
+    seqlen_q,
+    seqlen_k,
+    head_dim,
+    head_dim_v,
+    causal_offset,
+    qk_scale,
+    qk_scale_lo,
+    dropout_p,
+    keep_scale,
+    IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_DQK: tl.constexpr,
+    EVEN_DV: tl.constexpr,
+    USE_FP64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
 ):
     """Attention output and log-sum-exp for BLOCK_M query rows of one (batch, head).
 
@@ -309,12 +407,15 @@ def _attn_fwd_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
 
     if USE_TMA:
-        q_desc = tl.make_tensor_descriptor(q_base, shape=[seqlen_q, head_dim], strides=[stride_q_seq, 1],
-                                           block_shape=[BLOCK_M, BLOCK_DQK])
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[seqlen_k, head_dim], strides=[stride_k_seq, 1],
-                                           block_shape=[BLOCK_N, BLOCK_DQK])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[seqlen_k, head_dim_v], strides=[stride_v_seq, 1],
-                                           block_shape=[BLOCK_N, BLOCK_DV])
+        q_desc = tl.make_tensor_descriptor(
+            q_base, shape=[seqlen_q, head_dim], strides=[stride_q_seq, 1], block_shape=[BLOCK_M, BLOCK_DQK]
+        )
+        k_desc = tl.make_tensor_descriptor(
+            k_base, shape=[seqlen_k, head_dim], strides=[stride_k_seq, 1], block_shape=[BLOCK_N, BLOCK_DQK]
+        )
+        v_desc = tl.make_tensor_descriptor(
+            v_base, shape=[seqlen_k, head_dim_v], strides=[stride_v_seq, 1], block_shape=[BLOCK_N, BLOCK_DV]
+        )
         q = q_desc.load([start_m, 0])
     else:
         k_desc = k_base
@@ -329,8 +430,9 @@ def _attn_fwd_kernel(
 
     # Key blocks this query block can see: [lo, hi). Blocks in [lo, full_end) need no causal or
     # bound test; the rest, up to hi, are tested element by element.
-    lo, full_end, hi = key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
-                                       IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N)
+    lo, full_end, hi = key_block_range(
+        start_m, off_b, kv_range_ptr, seqlen_k, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+    )
 
     if USE_FP64:
         acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float64)
@@ -342,19 +444,101 @@ def _attn_fwd_kernel(
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
 
     acc, l_i, m_i = _fwd_key_loop(
-        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, pad_base, seed, rng_stream,
-        offs_m, offs_d, offs_dv, lo, full_end,
-        stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k, stride_pad_k,
-        seqlen_q, seqlen_k, head_dim, head_dim_v, causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-        False, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_DROPOUT, EVEN_M, EVEN_N, EVEN_DQK, EVEN_DV,
-        USE_FP64, DOT_PRECISION, USE_TMA, BLOCK_N)
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        k_desc,
+        v_desc,
+        mask_base,
+        pad_base,
+        seed,
+        rng_stream,
+        offs_m,
+        offs_d,
+        offs_dv,
+        lo,
+        full_end,
+        stride_k_seq,
+        stride_k_dim,
+        stride_v_seq,
+        stride_v_dim,
+        stride_mask_q,
+        stride_mask_k,
+        stride_pad_k,
+        seqlen_q,
+        seqlen_k,
+        head_dim,
+        head_dim_v,
+        causal_offset,
+        qk_scale,
+        qk_scale_lo,
+        dropout_p,
+        keep_scale,
+        False,
+        IS_CAUSAL,
+        MASK_KIND,
+        HAS_PADDING,
+        HAS_DROPOUT,
+        EVEN_M,
+        EVEN_N,
+        EVEN_DQK,
+        EVEN_DV,
+        USE_FP64,
+        DOT_PRECISION,
+        USE_TMA,
+        BLOCK_N,
+    )
     acc, l_i, m_i = _fwd_key_loop(
-        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base, pad_base, seed, rng_stream,
-        offs_m, offs_d, offs_dv, full_end, hi,
-        stride_k_seq, stride_k_dim, stride_v_seq, stride_v_dim, stride_mask_q, stride_mask_k, stride_pad_k,
-        seqlen_q, seqlen_k, head_dim, head_dim_v, causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-        True, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_DROPOUT, EVEN_M, EVEN_N, EVEN_DQK, EVEN_DV,
-        USE_FP64, DOT_PRECISION, USE_TMA, BLOCK_N)
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        k_desc,
+        v_desc,
+        mask_base,
+        pad_base,
+        seed,
+        rng_stream,
+        offs_m,
+        offs_d,
+        offs_dv,
+        full_end,
+        hi,
+        stride_k_seq,
+        stride_k_dim,
+        stride_v_seq,
+        stride_v_dim,
+        stride_mask_q,
+        stride_mask_k,
+        stride_pad_k,
+        seqlen_q,
+        seqlen_k,
+        head_dim,
+        head_dim_v,
+        causal_offset,
+        qk_scale,
+        qk_scale_lo,
+        dropout_p,
+        keep_scale,
+        True,
+        IS_CAUSAL,
+        MASK_KIND,
+        HAS_PADDING,
+        HAS_DROPOUT,
+        EVEN_M,
+        EVEN_N,
+        EVEN_DQK,
+        EVEN_DV,
+        USE_FP64,
+        DOT_PRECISION,
+        USE_TMA,
+        BLOCK_N,
+    )
 
     # A row with nothing to attend to has l = 0 and acc = 0: output 0, m = -inf and log(l) = 0.
     # m and log(l) are stored apart: in fp32, m + log(l) drops log(l) once |m| is large.
@@ -384,9 +568,9 @@ def _like_query_layout(q: torch.Tensor, shape: Tuple[int, int, int, int]) -> tor
     return torch.empty(shape, dtype=q.dtype, device=q.device)
 
 
-def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      problem: AttentionProblem,
-                      config: Optional[KernelConfig] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, problem: AttentionProblem, config: Optional[KernelConfig] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the fused forward.
 
     Returns ``(out, lse)``: out ``[B, Hq, Nq, Dv]`` in the input dtype (laid out like q), lse
@@ -401,8 +585,9 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
     use_fp64 = q.dtype == torch.float64
     out = _like_query_layout(q, (batch, heads_q, seqlen_q, head_dim_v))
-    lse = torch.empty((batch, heads_q, seqlen_q, 2), dtype=torch.float64 if use_fp64 else torch.float32,
-                      device=q.device)
+    lse = torch.empty(
+        (batch, heads_q, seqlen_q, 2), dtype=torch.float64 if use_fp64 else torch.float32, device=q.device
+    )
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     if seqlen_k == 0:
@@ -415,25 +600,57 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     mask, mask_strides, mask_kind = _mask_args(problem, q)
     pad, kv_range, pad_strides, has_padding = _padding_args(problem, q)
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
-    cfg = config or get_config("forward", q.device, q.dtype, max(head_dim, head_dim_v), INTERPRETED,
-                               heavy=is_heavy(mask_kind, has_dropout))
+    cfg = config or get_config(
+        "forward", q.device, q.dtype, max(head_dim, head_dim_v), INTERPRETED, heavy=is_heavy(mask_kind, has_dropout)
+    )
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     grid = (triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)
     use_tma = cfg.tma and tma_eligible(q, k, v)
-    with explain_resources("forward", cfg, q.dtype, max(head_dim, head_dim_v)), \
-            _descriptor_scratch(q.device, use_tma):
+    with explain_resources("forward", cfg, q.dtype, max(head_dim, head_dim_v)), _descriptor_scratch(q.device, use_tma):
         launchable(_attn_fwd_kernel)[grid](
-            q, k, v, out, lse, mask, pad, kv_range, seed,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides, *pad_strides,
-            heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, head_dim_v,
-            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-            IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
-            HAS_DROPOUT=has_dropout, EVEN_M=seqlen_q % cfg.block_m == 0,
-            EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk,
-            EVEN_DV=head_dim_v == block_dv, USE_FP64=use_fp64,
-            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32), USE_TMA=use_tma,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            mask,
+            pad,
+            kv_range,
+            seed,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *out.stride(),
+            *mask_strides,
+            *pad_strides,
+            heads_q,
+            heads_q // heads_kv,
+            seqlen_q,
+            seqlen_k,
+            head_dim,
+            head_dim_v,
+            problem.causal_offset,
+            qk_scale,
+            qk_scale_lo,
+            dropout_p,
+            keep_scale,
+            IS_CAUSAL=problem.is_causal,
+            MASK_KIND=mask_kind,
+            HAS_PADDING=has_padding,
+            HAS_DROPOUT=has_dropout,
+            EVEN_M=seqlen_q % cfg.block_m == 0,
+            EVEN_N=seqlen_k % cfg.block_n == 0,
+            EVEN_DQK=head_dim == block_dqk,
+            EVEN_DV=head_dim_v == block_dv,
+            USE_FP64=use_fp64,
+            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
+            USE_TMA=use_tma,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_DQK=block_dqk,
+            BLOCK_DV=block_dv,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     return out, lse
 
@@ -445,19 +662,57 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @triton.jit(do_not_specialize=["causal_offset"])
 def _attn_weights_kernel(
-    q_ptr, k_ptr, lse_ptr, w_ptr, mask_ptr, pad_ptr, kv_range_ptr, seed_ptr,
-    stride_q_batch, stride_q_head, stride_q_seq, stride_q_dim,
-    stride_k_batch, stride_k_head, stride_k_seq, stride_k_dim,
-    stride_w_batch, stride_w_head, stride_w_q, stride_w_k,
-    stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k,
-    stride_pad_batch, stride_pad_k,
-    num_heads_q, kv_group_size, seqlen_q, seqlen_k, head_dim, num_n_blocks,
-    causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, HAS_PADDING: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, HEAD_MEAN: tl.constexpr, EVEN_M: tl.constexpr,
-    EVEN_N: tl.constexpr, EVEN_DQK: tl.constexpr, USE_FP64: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    w_ptr,
+    mask_ptr,
+    pad_ptr,
+    kv_range_ptr,
+    seed_ptr,
+    stride_q_batch,
+    stride_q_head,
+    stride_q_seq,
+    stride_q_dim,
+    stride_k_batch,
+    stride_k_head,
+    stride_k_seq,
+    stride_k_dim,
+    stride_w_batch,
+    stride_w_head,
+    stride_w_q,
+    stride_w_k,
+    stride_mask_batch,
+    stride_mask_head,
+    stride_mask_q,
+    stride_mask_k,
+    stride_pad_batch,
+    stride_pad_k,
+    num_heads_q,
+    kv_group_size,
+    seqlen_q,
+    seqlen_k,
+    head_dim,
+    num_n_blocks,
+    causal_offset,
+    qk_scale,
+    qk_scale_lo,
+    dropout_p,
+    keep_scale,
+    IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    HEAD_MEAN: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_DQK: tl.constexpr,
+    USE_FP64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr,
 ):
     """Exact attention probabilities for one [BLOCK_M, BLOCK_N] tile, from the saved row
     statistics: exp((s - m) - log(l)).
@@ -513,20 +768,47 @@ def _attn_weights_kernel(
         for off_h in range(head_lo, head_hi):
             h64 = tl.cast(off_h, tl.int64)
             hkv64 = tl.cast(off_h // kv_group_size, tl.int64)
-            q_ptrs = (q_ptr + b64 * stride_q_batch + h64 * stride_q_head
-                      + offs_m.to(tl.int64)[:, None] * stride_q_seq + offs_d.to(tl.int64)[None, :] * stride_q_dim)
-            k_ptrs = (k_ptr + b64 * stride_k_batch + hkv64 * stride_k_head
-                      + offs_n64[None, :] * stride_k_seq + offs_d.to(tl.int64)[:, None] * stride_k_dim)
+            q_ptrs = (
+                q_ptr
+                + b64 * stride_q_batch
+                + h64 * stride_q_head
+                + offs_m.to(tl.int64)[:, None] * stride_q_seq
+                + offs_d.to(tl.int64)[None, :] * stride_q_dim
+            )
+            k_ptrs = (
+                k_ptr
+                + b64 * stride_k_batch
+                + hkv64 * stride_k_head
+                + offs_n64[None, :] * stride_k_seq
+                + offs_d.to(tl.int64)[:, None] * stride_k_dim
+            )
             q = load_tile(q_ptrs, offs_m[:, None], offs_d[None, :], seqlen_q, head_dim, not EVEN_M, not EVEN_DQK)
             k_t = load_tile(k_ptrs, offs_d[:, None], offs_n[None, :], head_dim, seqlen_k, not EVEN_DQK, not EVEN_N)
             # A row with nothing to attend to comes back with m = +inf: its probabilities are 0.
-            row_max, log_sum = load_row_stats(lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m,
-                                              seqlen_q, not EVEN_M)
+            row_max, log_sum = load_row_stats(
+                lse_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m, seqlen_q, not EVEN_M
+            )
             s = scaled_scores(q, k_t, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
             mask_base = mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head
-            s = apply_masks(s, offs_m[:, None], offs_n[None, :], mask_base, stride_mask_q, stride_mask_k,
-                            pad_base, stride_pad_k, seqlen_q, seqlen_k, causal_offset,
-                            not EVEN_M, not EVEN_N, IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
+            s = apply_masks(
+                s,
+                offs_m[:, None],
+                offs_n[None, :],
+                mask_base,
+                stride_mask_q,
+                stride_mask_k,
+                pad_base,
+                stride_pad_k,
+                seqlen_q,
+                seqlen_k,
+                causal_offset,
+                not EVEN_M,
+                not EVEN_N,
+                IS_CAUSAL,
+                MASK_KIND,
+                HAS_PADDING,
+                USE_FP64,
+            )
             p = probabilities(s, row_max[:, None], log_sum[:, None], USE_FP64)
             if HAS_DROPOUT:
                 keep = dropout_keep(seed, off_b * num_heads_q + off_h, offs_m[:, None], offs_n[None, :], dropout_p)
@@ -540,16 +822,23 @@ def _attn_weights_kernel(
     w_base = w_ptr + b64 * stride_w_batch + w_head * stride_w_head
     if USE_TMA:
         # one bulk asynchronous store of the tile; the hardware clips it to [seqlen_q, seqlen_k]
-        w_desc = tl.make_tensor_descriptor(w_base, shape=[seqlen_q, seqlen_k], strides=[stride_w_q, 1],
-                                           block_shape=[BLOCK_M, BLOCK_N])
+        w_desc = tl.make_tensor_descriptor(
+            w_base, shape=[seqlen_q, seqlen_k], strides=[stride_w_q, 1], block_shape=[BLOCK_M, BLOCK_N]
+        )
         w_desc.store([start_m, start_n], total.to(w_ptr.dtype.element_ty))
     else:
-        w_ptrs = (w_base + offs_m.to(tl.int64)[:, None] * stride_w_q + offs_n.to(tl.int64)[None, :] * stride_w_k)
+        w_ptrs = w_base + offs_m.to(tl.int64)[:, None] * stride_w_q + offs_n.to(tl.int64)[None, :] * stride_w_k
         store_tile(w_ptrs, total, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, not EVEN_M, not EVEN_N)
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, problem: AttentionProblem,
-                      mean: bool = False, config: Optional[KernelConfig] = None) -> torch.Tensor:
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    problem: AttentionProblem,
+    mean: bool = False,
+    config: Optional[KernelConfig] = None,
+) -> torch.Tensor:
     """Exact attention probabilities from the forward's lse (``[B, Hq, Nq, 2]``), in q's dtype.
 
     Returns ``[B, Hq, Nq, Nk]``, or ``[B, Nq, Nk]`` (the average over query heads) when ``mean``.
@@ -569,8 +858,9 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, probl
     mask, mask_strides, mask_kind = _mask_args(problem, q)
     pad, kv_range, pad_strides, has_padding = _padding_args(problem, q)
     seed, has_dropout, dropout_p, keep_scale = _seed_args(problem, q)
-    cfg = config or get_config("weights", q.device, q.dtype, head_dim, INTERPRETED,
-                               heavy=is_heavy(mask_kind, has_dropout))
+    cfg = config or get_config(
+        "weights", q.device, q.dtype, head_dim, INTERPRETED, heavy=is_heavy(mask_kind, has_dropout)
+    )
     qk_scale, qk_scale_lo = _scale_parts(problem.scale, use_fp64)
     w_strides = (weights.stride(0), 0, weights.stride(1), weights.stride(2)) if mean else weights.stride()
     use_tma = cfg.tma and tma_eligible(weights.view(batch, -1, seqlen_q, seqlen_k))
@@ -578,22 +868,53 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, probl
     grid = (triton.cdiv(seqlen_q, cfg.block_m) * num_n_blocks, 1 if mean else heads_q, batch)
     with explain_resources("weights", cfg, q.dtype, head_dim), _descriptor_scratch(q.device, use_tma):
         launchable(_attn_weights_kernel)[grid](
-            q, k, lse, weights, mask, pad, kv_range, seed,
-            *q.stride(), *k.stride(), *w_strides, *mask_strides, *pad_strides,
-            heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, num_n_blocks,
-            problem.causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale,
-            IS_CAUSAL=problem.is_causal, MASK_KIND=mask_kind, HAS_PADDING=has_padding,
-            HAS_DROPOUT=has_dropout, HEAD_MEAN=mean, EVEN_M=seqlen_q % cfg.block_m == 0,
-            EVEN_N=seqlen_k % cfg.block_n == 0, EVEN_DQK=head_dim == block_dqk, USE_FP64=use_fp64,
-            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32), USE_TMA=use_tma,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DQK=block_dqk,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            q,
+            k,
+            lse,
+            weights,
+            mask,
+            pad,
+            kv_range,
+            seed,
+            *q.stride(),
+            *k.stride(),
+            *w_strides,
+            *mask_strides,
+            *pad_strides,
+            heads_q,
+            heads_q // heads_kv,
+            seqlen_q,
+            seqlen_k,
+            head_dim,
+            num_n_blocks,
+            problem.causal_offset,
+            qk_scale,
+            qk_scale_lo,
+            dropout_p,
+            keep_scale,
+            IS_CAUSAL=problem.is_causal,
+            MASK_KIND=mask_kind,
+            HAS_PADDING=has_padding,
+            HAS_DROPOUT=has_dropout,
+            HEAD_MEAN=mean,
+            EVEN_M=seqlen_q % cfg.block_m == 0,
+            EVEN_N=seqlen_k % cfg.block_n == 0,
+            EVEN_DQK=head_dim == block_dqk,
+            USE_FP64=use_fp64,
+            DOT_PRECISION=_dot_precision(q.dtype, problem.allow_tf32),
+            USE_TMA=use_tma,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_DQK=block_dqk,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     return weights
 
 
-def dropout_keep_mask(seed: torch.Tensor, batch: int, heads: int, seqlen_q: int, seqlen_k: int,
-                      dropout_p: float) -> torch.Tensor:
+def dropout_keep_mask(
+    seed: torch.Tensor, batch: int, heads: int, seqlen_q: int, seqlen_k: int, dropout_p: float
+) -> torch.Tensor:
     """The bool keep pattern ``[B, Hq, Nq, Nk]`` the kernels apply for ``seed`` and ``dropout_p``
     (True = kept). For tests and for checking a dropout result against the reference."""
     keep = torch.empty((batch, heads, seqlen_q, seqlen_k), dtype=torch.uint8, device=seed.device)
@@ -601,7 +922,7 @@ def dropout_keep_mask(seed: torch.Tensor, batch: int, heads: int, seqlen_q: int,
         return keep.bool()
     block = 64
     grid = (batch * heads, triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block))
-    launchable(_dropout_mask_kernel)[grid](keep, seed, seqlen_q, seqlen_k, heads, float(dropout_p),
-                                           BLOCK_M=block, BLOCK_N=block)
+    launchable(_dropout_mask_kernel)[grid](
+        keep, seed, seqlen_q, seqlen_k, heads, float(dropout_p), BLOCK_M=block, BLOCK_N=block
+    )
     return keep.bool()
-

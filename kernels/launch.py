@@ -66,12 +66,15 @@ def explain_resources(kernel: str, config: Any, dtype: Any, head_dim: int) -> It
             f"smaller tiles with attnlens.kernels.override_config({kernel!r}, block_m=..., "
             f"block_n=..., num_stages=...) or ATTNLENS_CONFIG_{kernel.upper()}="
             f"'block_m,block_n,num_warps,num_stages'; 16x16 tiles with one stage are the smallest."
-            + _known_limit(kernel, dtype, head_dim)) from err
+            + _known_limit(kernel, dtype, head_dim)
+        ) from err
 
 
 def _known_limit(kernel: str, dtype: Any, head_dim: int) -> str:
     if kernel.startswith("backward") and "float64" in str(dtype) and head_dim > 128:
-        return (" The fp64 backward above head dim 128 needs more than the 99 KiB of shared memory "
-                "per block of compute capability 8.6, 8.9 and 12.x at any tile size; run that "
-                "call under attnlens.use_backend('reference') (plain PyTorch) instead.")
+        return (
+            " The fp64 backward above head dim 128 needs more than the 99 KiB of shared memory "
+            "per block of compute capability 8.6, 8.9 and 12.x at any tile size; run that "
+            "call under attnlens.use_backend('reference') (plain PyTorch) instead."
+        )
     return ""

@@ -40,9 +40,21 @@ import torch
 from attnlens.kernels import config as config_mod
 from attnlens.kernels.config import KernelConfig
 
-__all__ = ["Variant", "CompileResult", "KERNEL_FUNCTIONS", "default_variants", "coverage_variants",
-           "table_config", "variant_with_flags", "with_configs", "parse_config", "compile_variant",
-           "compile_all", "format_table", "main"]
+__all__ = [
+    "Variant",
+    "CompileResult",
+    "KERNEL_FUNCTIONS",
+    "default_variants",
+    "coverage_variants",
+    "table_config",
+    "variant_with_flags",
+    "with_configs",
+    "parse_config",
+    "compile_variant",
+    "compile_all",
+    "format_table",
+    "main",
+]
 
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
@@ -59,16 +71,19 @@ _STL, _LDL = re.compile(r"\bSTL(?:\.\w+)*\b"), re.compile(r"\bLDL(?:\.\w+)*\b") 
 
 def _kernel_functions() -> Dict[str, object]:
     from attnlens.kernels import forward
+
     kernels = {"forward": forward._attn_fwd_kernel, "weights": forward._attn_weights_kernel}
     try:
         from attnlens.kernels import backward
     except ImportError:
         return kernels
-    kernels.update({
-        "backward_preprocess": backward._bwd_preprocess_kernel,
-        "backward_dkdv": backward._bwd_dkdv_kernel,
-        "backward_dq": backward._bwd_dq_kernel,
-    })
+    kernels.update(
+        {
+            "backward_preprocess": backward._bwd_preprocess_kernel,
+            "backward_dkdv": backward._bwd_dkdv_kernel,
+            "backward_dq": backward._bwd_dq_kernel,
+        }
+    )
     return kernels
 
 
@@ -76,7 +91,10 @@ KERNEL_FUNCTIONS = _kernel_functions()
 
 # Pointer element types: "q" means the input dtype, "acc" fp32 (fp64 for fp64 inputs).
 _POINTER_TYPES = {
-    "lse_ptr": "acc", "delta_ptr": "acc", "kv_range_ptr": "i32", "seed_ptr": "i64",
+    "lse_ptr": "acc",
+    "delta_ptr": "acc",
+    "kv_range_ptr": "i32",
+    "seed_ptr": "i64",
     "pad_ptr": "u8",
 }
 _UNIT_STRIDES = ("_dim", "stride_mask_k", "stride_pad_k", "stride_w_k", "stride_dw_k")
@@ -129,24 +147,38 @@ class CompileResult:
 
     def as_dict(self) -> dict:
         v = self.variant
-        return {"kernel": v.kernel, "arch": f"sm_{v.arch}", "dtype": v.dtype, "head_dim": v.head_dim,
-                "flags": v.label(), "block_m": v.config.block_m, "block_n": v.config.block_n,
-                "num_warps": v.config.num_warps, "num_stages": v.config.num_stages,
-                "registers": self.registers, "local_bytes": self.local_bytes,
-                "spill_stores": self.spill_stores, "spill_loads": self.spill_loads,
-                "loop_spills": self.loop_spills,
-                "shared_bytes": self.shared_bytes, "shared_limit": self.shared_limit,
-                "mma": self.mma, "error": self.error}
+        return {
+            "kernel": v.kernel,
+            "arch": f"sm_{v.arch}",
+            "dtype": v.dtype,
+            "head_dim": v.head_dim,
+            "flags": v.label(),
+            "block_m": v.config.block_m,
+            "block_n": v.config.block_n,
+            "num_warps": v.config.num_warps,
+            "num_stages": v.config.num_stages,
+            "registers": self.registers,
+            "local_bytes": self.local_bytes,
+            "spill_stores": self.spill_stores,
+            "spill_loads": self.spill_loads,
+            "loop_spills": self.loop_spills,
+            "shared_bytes": self.shared_bytes,
+            "shared_limit": self.shared_limit,
+            "mma": self.mma,
+            "error": self.error,
+        }
 
 
 def _constexpr_flags(kernel) -> List[str]:
     """The kernel's constexpr parameters other than the block sizes, in order."""
     import triton.language as tl
+
     fn = kernel.fn  # the Python function, under both JITFunction and InterpretedFunction
-    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
 
     def is_constexpr(annotation) -> bool:  # a string under `from __future__ import annotations`
         return annotation is tl.constexpr or (isinstance(annotation, str) and annotation.endswith("constexpr"))
+
     return [n for n in names if is_constexpr(fn.__annotations__.get(n)) and not n.startswith("BLOCK_")]
 
 
@@ -191,8 +223,9 @@ def table_config(kernel: str, arch: int, dtype: str, head_dim: int, flags: Dict[
     return config_mod.table_config(_FAMILY[arch], kernel, torch.finfo(_TORCH_DTYPE[dtype]).bits, head_dim, heavy)
 
 
-def default_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[str]] = None,
-                     full: bool = False) -> List[Variant]:
+def default_variants(
+    archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[str]] = None, full: bool = False
+) -> List[Variant]:
     """The table's configuration for each kernel, dtype and head-dim bucket, with the flags of the
     commonest call (no masks, no dropout, shapes that divide the blocks). Without ``full``: 16-bit
     dtypes at head dims 64, 128 and 256, fp32 and fp64 at 64."""
@@ -209,9 +242,12 @@ def coverage_variants(archs: Sequence[int] = ARCHS, kernels: Optional[Iterable[s
     """Per kernel and architecture: every dtype, every head-dim bucket, and every constexpr flag
     both on and off (MASK_KIND 0, 1 and 2), in five compiles."""
     plan = [("fp16", 16, 0), ("bf16", 32, 1), ("fp32", 64, 2), ("fp64", 128, 3), ("fp16", 256, 1)]
-    return [_make_variant(kernel, arch, dtype, head_dim, pattern)
-            for kernel in (kernels or KERNEL_FUNCTIONS) for arch in archs
-            for dtype, head_dim, pattern in plan]
+    return [
+        _make_variant(kernel, arch, dtype, head_dim, pattern)
+        for kernel in (kernels or KERNEL_FUNCTIONS)
+        for arch in archs
+        for dtype, head_dim, pattern in plan
+    ]
 
 
 def parse_config(text: str) -> KernelConfig:
@@ -225,8 +261,9 @@ def parse_config(text: str) -> KernelConfig:
         if not 2 <= len(fields) <= 4:
             raise ValueError
     except ValueError:
-        raise ValueError(f"a configuration is 'BLOCK_MxBLOCK_N[xWARPS[xSTAGES]][+tma]', e.g. '128x64x4x3', "
-                         f"got {text!r}") from None
+        raise ValueError(
+            f"a configuration is 'BLOCK_MxBLOCK_N[xWARPS[xSTAGES]][+tma]', e.g. '128x64x4x3', got {text!r}"
+        ) from None
     return KernelConfig(*fields, tma=bool(plus))
 
 
@@ -277,6 +314,7 @@ def _signature(v: Variant):
 
 def _tool(name: str) -> str:
     import triton
+
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
@@ -292,7 +330,8 @@ def compile_variant(v: Variant) -> CompileResult:
         compiled = triton.compile(
             ASTSource(fn=KERNEL_FUNCTIONS[v.kernel], signature=signature, constexprs=constexprs, attrs=attrs),
             target=GPUTarget("cuda", v.arch, 32),
-            options={"num_warps": v.config.num_warps, "num_stages": v.config.num_stages})
+            options={"num_warps": v.config.num_warps, "num_stages": v.config.num_stages},
+        )
     except Exception as exc:  # report the failure, keep going with the other variants
         messages = []
         cause: Optional[BaseException] = exc
@@ -311,8 +350,17 @@ def compile_variant(v: Variant) -> CompileResult:
     stores = len(_STL.findall(sass))
     loads = len(_LDL.findall(sass))
     counts = collections.Counter(m.group(1) for m in re.finditer(r"\b(" + "|".join(_MMA + _TMA) + r")\b", sass))
-    return CompileResult(v, registers, local, int(compiled.metadata.shared), limit, dict(counts),
-                         spill_stores=stores, spill_loads=loads, loop_spills=loop_spill_count(sass))
+    return CompileResult(
+        v,
+        registers,
+        local,
+        int(compiled.metadata.shared),
+        limit,
+        dict(counts),
+        spill_stores=stores,
+        spill_loads=loads,
+        loop_spills=loop_spill_count(sass),
+    )
 
 
 def loop_spill_count(sass: str) -> int:
@@ -351,6 +399,7 @@ def compile_all(variants: Sequence[Variant], jobs: int = 0) -> List[CompileResul
     interpreter objects, which cannot be compiled, so this works from inside the test suite too.
     """
     import multiprocessing
+
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(variants)))
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"
@@ -372,20 +421,26 @@ def _spills(r: CompileResult) -> str:
 
 def format_table(results: Sequence[CompileResult]) -> str:
     """A Markdown table of the results."""
-    lines = ["| kernel | arch | dtype | head dim | flags | block m x n, warps, stages | registers | "
-             "spills: stack bytes (STL/LDL, in loops) | shared KiB | matrix instructions |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| kernel | arch | dtype | head dim | flags | block m x n, warps, stages | registers | "
+        "spills: stack bytes (STL/LDL, in loops) | shared KiB | matrix instructions |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         v = r.variant
         if r.error:
-            lines.append(f"| {v.kernel} | sm_{v.arch} | {v.dtype} | {v.head_dim} | {v.label()} | - | "
-                         f"FAILED: {r.error.splitlines()[0][:80]} | | | |")
+            lines.append(
+                f"| {v.kernel} | sm_{v.arch} | {v.dtype} | {v.head_dim} | {v.label()} | - | "
+                f"FAILED: {r.error.splitlines()[0][:80]} | | | |"
+            )
             continue
         mma = ", ".join(f"{k} {n}" for k, n in sorted(r.mma.items())) or "none (FFMA)"
         shared = f"{r.shared_bytes / 1024:.0f}" + ("" if r.shared_bytes <= r.shared_limit else " OVER LIMIT")
-        lines.append(f"| {v.kernel} | sm_{v.arch} | {v.dtype} | {v.head_dim} | {v.label()} | "
-                     f"{v.config.block_m}x{v.config.block_n}, {v.config.num_warps}, {v.config.num_stages} | "
-                     f"{r.registers} | {_spills(r)} | {shared} | {mma} |")
+        lines.append(
+            f"| {v.kernel} | sm_{v.arch} | {v.dtype} | {v.head_dim} | {v.label()} | "
+            f"{v.config.block_m}x{v.config.block_n}, {v.config.num_warps}, {v.config.num_stages} | "
+            f"{r.registers} | {_spills(r)} | {shared} | {mma} |"
+        )
     return "\n".join(lines)
 
 
@@ -393,21 +448,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnlens.kernels.report", description=__doc__.splitlines()[0])
     parser.add_argument("--coverage", action="store_true", help="compile the flag-coverage set instead")
     parser.add_argument("--full", action="store_true", help="every dtype at every head-dim bucket")
-    parser.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT),
-                        help="compute capability (repeatable; default 80 and 90)")
+    parser.add_argument(
+        "--arch",
+        type=int,
+        action="append",
+        choices=sorted(SHARED_LIMIT),
+        help="compute capability (repeatable; default 80 and 90)",
+    )
     parser.add_argument("--kernel", action="append", choices=sorted(KERNEL_FUNCTIONS), help="repeatable")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="only these dtypes (repeatable)")
     parser.add_argument("--head-dim", type=int, action="append", help="only these head dims (repeatable)")
-    parser.add_argument("--config", action="append", type=parse_config, metavar="MxNxWxS",
-                        help="compile with this configuration instead of the table's (repeatable): "
-                             "block_m x block_n x warps x stages, e.g. 128x64x4x3; "
-                             "add +tma for tensor-descriptor loads")
+    parser.add_argument(
+        "--config",
+        action="append",
+        type=parse_config,
+        metavar="MxNxWxS",
+        help="compile with this configuration instead of the table's (repeatable): "
+        "block_m x block_n x warps x stages, e.g. 128x64x4x3; "
+        "add +tma for tensor-descriptor loads",
+    )
     parser.add_argument("--jobs", type=int, default=0, help="parallel compiles (default: CPU count)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     archs = tuple(args.arch or ARCHS)
-    variants = (coverage_variants(archs, args.kernel) if args.coverage
-                else default_variants(archs, args.kernel, full=args.full or bool(args.head_dim)))
+    variants = (
+        coverage_variants(archs, args.kernel)
+        if args.coverage
+        else default_variants(archs, args.kernel, full=args.full or bool(args.head_dim))
+    )
     if args.dtype:
         variants = [v for v in variants if v.dtype in args.dtype]
     if args.head_dim:
@@ -418,12 +486,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         variants = with_configs(variants, args.config)
     results = compile_all(variants, args.jobs)
     import triton
+
     print(f"attnlens kernel compile report (triton {triton.__version__}, torch {torch.__version__})\n")
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"triton": triton.__version__, "torch": torch.__version__,
-                       "results": [r.as_dict() for r in results]}, fh, indent=1)
+            json.dump(
+                {"triton": triton.__version__, "torch": torch.__version__, "results": [r.as_dict() for r in results]},
+                fh,
+                indent=1,
+            )
     failed = [r for r in results if not r.ok]
     spilled = [r for r in results if r.spills and r.variant.arch == 90 and not args.coverage and not args.config]
     if failed:

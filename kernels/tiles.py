@@ -109,9 +109,17 @@ def scaled_scores(a, b, qk_scale, qk_scale_lo, USE_FP64: tl.constexpr, DOT_PRECI
 
 
 @triton.jit
-def key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
-                    IS_CAUSAL: tl.constexpr, HAS_PADDING: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def key_block_range(
+    start_m,
+    off_b,
+    kv_range_ptr,
+    seqlen_k,
+    causal_offset,
+    IS_CAUSAL: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Key blocks a query block [start_m, start_m + BLOCK_M) can see: [lo, full_end) needs no
     causal or bound test, [full_end, hi) does (the forward, dQ and preprocess kernels
     all split their key loop this way). Blocks that causality or key padding empty entirely
@@ -132,10 +140,25 @@ def key_block_range(start_m, off_b, kv_range_ptr, seqlen_k, causal_offset,
 
 
 @triton.jit
-def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base, stride_pad_k,
-                seqlen_q, seqlen_k, causal_offset,
-                CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                MASK_KIND: tl.constexpr, HAS_PADDING: tl.constexpr, USE_FP64: tl.constexpr):
+def apply_masks(
+    s,
+    rows,
+    cols,
+    mask_base,
+    stride_mask_q,
+    stride_mask_k,
+    pad_base,
+    stride_pad_k,
+    seqlen_q,
+    seqlen_k,
+    causal_offset,
+    CHECK_ROWS: tl.constexpr,
+    CHECK_COLS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    USE_FP64: tl.constexpr,
+):
     """Set every score a query may not attend to to -inf, and add an additive mask.
 
     s          scores in the exponent domain, shape of ``rows`` broadcast with ``cols``
@@ -157,8 +180,9 @@ def apply_masks(s, rows, cols, mask_base, stride_mask_q, stride_mask_k, pad_base
             if not USE_FP64:
                 # Clamp finite biases so that the change of base cannot overflow: -inf stays -inf
                 # (masked), torch.finfo(torch.float32).min stays a huge finite penalty, as in torch.
-                bias = tl.where((bias < MIN_FP32_BIAS_CONSTEXPR) & (bias != float("-inf")),
-                                MIN_FP32_BIAS_CONSTEXPR, bias)
+                bias = tl.where(
+                    (bias < MIN_FP32_BIAS_CONSTEXPR) & (bias != float("-inf")), MIN_FP32_BIAS_CONSTEXPR, bias
+                )
                 bias = bias * LOG2E_CONSTEXPR
             s = s + bias
     if HAS_PADDING:
@@ -222,8 +246,9 @@ def dropout_keep(seed, rng_stream, rows, cols, dropout_p):
 
 
 @triton.jit
-def _dropout_mask_kernel(keep_ptr, seed_ptr, seqlen_q, seqlen_k, num_heads, dropout_p,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dropout_mask_kernel(
+    keep_ptr, seed_ptr, seqlen_q, seqlen_k, num_heads, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
     """Write the keep pattern the attention kernels use, for testing.
 
     keep_ptr  uint8 [B, H, seqlen_q, seqlen_k], contiguous

@@ -29,9 +29,11 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU: the Triton interpreter computes bf16 tl.dot "
-                                   "wrongly (triton issues 11584/11585) and has no real concurrency "
-                                   "or multi-GiB device memory")
+    skip = pytest.mark.skip(
+        reason="needs a CUDA GPU: the Triton interpreter computes bf16 tl.dot "
+        "wrongly (triton issues 11584/11585) and has no real concurrency "
+        "or multi-GiB device memory"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

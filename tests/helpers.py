@@ -26,8 +26,9 @@ def describe_worst(actual: torch.Tensor, expected: torch.Tensor) -> str:
         return "empty"
     flat = int(diff.argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-    return (f"worst at {index}: got {a[index].item():.8g}, expected {e[index].item():.8g}, "
-            f"error {diff[index].item():.3g}")
+    return (
+        f"worst at {index}: got {a[index].item():.8g}, expected {e[index].item():.8g}, error {diff[index].item():.3g}"
+    )
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -44,8 +45,14 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float(diff.max())
 
 
-def assert_rule(name: str, actual: torch.Tensor, exact: torch.Tensor, lowp: torch.Tensor,
-                factor: float = 2.0, dtype: Optional[torch.dtype] = None) -> None:
+def assert_rule(
+    name: str,
+    actual: torch.Tensor,
+    exact: torch.Tensor,
+    lowp: torch.Tensor,
+    factor: float = 2.0,
+    dtype: Optional[torch.dtype] = None,
+) -> None:
     """flash-attn's rule: |actual - exact| <= factor * |lowp - exact| + floor.
 
     ``exact`` is computed in float64, ``lowp`` with the same maths in the input dtype. The floor is
@@ -62,17 +69,27 @@ def assert_rule(name: str, actual: torch.Tensor, exact: torch.Tensor, lowp: torc
     floor = 2 * rounding + max(half_ulp, 1e-12 * max(1.0, magnitude))
     bound = factor * max_error(lowp, exact64) + floor
     error = max_error(actual, exact64)
-    assert error <= bound, (f"{name}: max error {error:.3g} exceeds {factor}x the {dtype} reference's "
-                            f"error + floor = {bound:.3g}; {describe_worst(actual, exact64)}")
+    assert error <= bound, (
+        f"{name}: max error {error:.3g} exceeds {factor}x the {dtype} reference's "
+        f"error + floor = {bound:.3g}; {describe_worst(actual, exact64)}"
+    )
 
 
 def assert_equal(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert torch.equal(actual, expected), f"{name} differs: {describe_worst(actual, expected)}"
 
 
-def make_qkv(batch: int, heads_q: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-             dtype: torch.dtype, heads_kv: Optional[int] = None, head_dim_v: Optional[int] = None,
-             requires_grad: bool = False):
+def make_qkv(
+    batch: int,
+    heads_q: int,
+    seqlen_q: int,
+    seqlen_k: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    heads_kv: Optional[int] = None,
+    head_dim_v: Optional[int] = None,
+    requires_grad: bool = False,
+):
     heads_kv = heads_kv or heads_q
     head_dim_v = head_dim_v or head_dim
     q = torch.randn(batch, heads_q, seqlen_q, head_dim, dtype=dtype, device=DEVICE)
@@ -104,6 +121,7 @@ def reference(q, k, v, dtype=None, **kwargs):
         if t is None or not torch.is_tensor(t) or not t.is_floating_point():
             return t
         return t.detach().to(dtype)
+
     kwargs = {key: cast(val) for key, val in kwargs.items()}
     weights_mode = kwargs.pop("return_weights", False)
     del weights_mode
@@ -163,6 +181,7 @@ def reference_grads(q, k, v, grad_out, grad_weights=None, dtype=None, dropout_ma
         if t is None or not torch.is_tensor(t) or not t.is_floating_point():
             return t
         return t.detach().to(dtype)
+
     leaves = tuple(cast(t).requires_grad_(True) for t in (q, k, v))
     kwargs = {key: cast(val) for key, val in kwargs.items()}
     p = prepare(*leaves, **kwargs)

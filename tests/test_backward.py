@@ -72,17 +72,16 @@ def padding(batch, seqlen_k):
     """Right padding in batch 0; in batch 1 left padding past a whole 16-key block and every
     fifth key after it (padded keys inside the unpadded range)."""
     pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=DEVICE)
-    pad[0, seqlen_k - seqlen_k // 3:] = True
+    pad[0, seqlen_k - seqlen_k // 3 :] = True
     if batch > 1:
         pad[1, : max(1, seqlen_k // 2)] = True
-        pad[1, seqlen_k // 2 + 2::5] = True
+        pad[1, seqlen_k // 2 + 2 :: 5] = True
     return pad
 
 
 def inputs(shape, dtype):
     batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, head_dim_v = shape
-    return make_qkv(batch, heads_q, seqlen_q, seqlen_k, head_dim, dtype, heads_kv=heads_kv,
-                    head_dim_v=head_dim_v)
+    return make_qkv(batch, heads_q, seqlen_q, seqlen_k, head_dim, dtype, heads_kv=heads_kv, head_dim_v=head_dim_v)
 
 
 def gradcheck(q, k, v, config=None, dropout_seed=None, fast=True, **kwargs):
@@ -115,33 +114,60 @@ GRADCHECK_CASES = {
     "nq_gt_nk": ((1, 1, 1, 19, 5, 8, 8), lambda: {}, None),
     "causal_top_left_nq_lt_nk": ((1, 1, 1, 17, 33, 4, 4), lambda: dict(is_causal=True), SMALL_TILES),
     "causal_top_left_nq_gt_nk": ((1, 1, 1, 33, 17, 4, 4), lambda: dict(is_causal=True), SMALL_TILES),
-    "causal_bottom_right_nq_lt_nk": ((1, 1, 1, 17, 33, 4, 4),
-                                     lambda: dict(is_causal=True, causal_alignment="bottom_right"), SMALL_TILES),
+    "causal_bottom_right_nq_lt_nk": (
+        (1, 1, 1, 17, 33, 4, 4),
+        lambda: dict(is_causal=True, causal_alignment="bottom_right"),
+        SMALL_TILES,
+    ),
     # rows 0..15 see no key: constant zero output, zero gradient
-    "causal_bottom_right_nq_gt_nk": ((1, 1, 1, 33, 17, 4, 4),
-                                     lambda: dict(is_causal=True, causal_alignment="bottom_right"), SMALL_TILES),
+    "causal_bottom_right_nq_gt_nk": (
+        (1, 1, 1, 33, 17, 4, 4),
+        lambda: dict(is_causal=True, causal_alignment="bottom_right"),
+        SMALL_TILES,
+    ),
     "key_padding": ((2, 1, 1, 13, 35, 5, 5), lambda: dict(key_padding_mask=padding(2, 35)), SMALL_TILES),
-    "bool_mask": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_bool_mask((2, 2, 11, 13), empty_rows=[0, 5])),
-                  None),
+    "bool_mask": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_bool_mask((2, 2, 11, 13), empty_rows=[0, 5])), None),
     "float_mask_broadcast": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_float_mask((11, 13), F64)), None),
     "gqa_2_to_1": ((1, 4, 2, 11, 13, 8, 8), lambda: dict(enable_gqa=True, is_causal=True), None),
-    "gqa_blocks": ((1, 2, 1, 17, 20, 4, 4),
-                   lambda: dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right"), SMALL_TILES),
+    "gqa_blocks": (
+        (1, 2, 1, 17, 20, 4, 4),
+        lambda: dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right"),
+        SMALL_TILES,
+    ),
     "odd_head_dims": ((1, 2, 2, 7, 9, 3, 5), lambda: {}, None),
     "head_dim_1": ((1, 1, 1, 5, 6, 1, 1), lambda: dict(is_causal=True), None),
-    "weights": ((2, 1, 1, 9, 13, 4, 4),
-                lambda: dict(return_weights=True, is_causal=True, key_padding_mask=padding(2, 13)), None),
-    "weights_mean": ((1, 2, 1, 9, 13, 4, 4),
-                     lambda: dict(return_weights="mean", enable_gqa=True,
-                                  attn_mask=_bool_mask((1, 2, 9, 13), empty_rows=[3])), None),
-    "weights_blocks": ((1, 2, 1, 17, 20, 4, 4),
-                       lambda: dict(return_weights=True, enable_gqa=True, is_causal=True,
-                                    causal_alignment="bottom_right", key_padding_mask=padding(1, 20)),
-                       SMALL_TILES),
-    "weights_mean_blocks": ((1, 2, 1, 17, 20, 4, 4),
-                            lambda: dict(return_weights="mean", enable_gqa=True, is_causal=True,
-                                         attn_mask=_float_mask((1, 1, 17, 20), F64), key_padding_mask=padding(1, 20)),
-                            SMALL_TILES),
+    "weights": (
+        (2, 1, 1, 9, 13, 4, 4),
+        lambda: dict(return_weights=True, is_causal=True, key_padding_mask=padding(2, 13)),
+        None,
+    ),
+    "weights_mean": (
+        (1, 2, 1, 9, 13, 4, 4),
+        lambda: dict(return_weights="mean", enable_gqa=True, attn_mask=_bool_mask((1, 2, 9, 13), empty_rows=[3])),
+        None,
+    ),
+    "weights_blocks": (
+        (1, 2, 1, 17, 20, 4, 4),
+        lambda: dict(
+            return_weights=True,
+            enable_gqa=True,
+            is_causal=True,
+            causal_alignment="bottom_right",
+            key_padding_mask=padding(1, 20),
+        ),
+        SMALL_TILES,
+    ),
+    "weights_mean_blocks": (
+        (1, 2, 1, 17, 20, 4, 4),
+        lambda: dict(
+            return_weights="mean",
+            enable_gqa=True,
+            is_causal=True,
+            attn_mask=_float_mask((1, 1, 17, 20), F64),
+            key_padding_mask=padding(1, 20),
+        ),
+        SMALL_TILES,
+    ),
 }
 
 
@@ -178,8 +204,7 @@ def test_gradcheck_dropout(return_weights):
     """The backward regenerates the forward's dropout pattern (multi-block consistency of the
     pattern is checked against the reference in test_dropout_matches_reference_given_the_same_mask)."""
     q, k, v = make_qkv(1, 2, 7, 9, 4, F64, heads_kv=1)
-    gradcheck(q, k, v, dropout_seed=7, dropout_p=0.3, enable_gqa=True, is_causal=True,
-              return_weights=return_weights)
+    gradcheck(q, k, v, dropout_seed=7, dropout_p=0.3, enable_gqa=True, is_causal=True, return_weights=return_weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,18 +215,30 @@ def test_gradcheck_dropout(return_weights):
 ODD_CASES = {
     "113x203_d40_causal_bottom_right_padding": (
         (2, 2, 2, 113, 203, 40, 40),
-        lambda dt: dict(is_causal=True, causal_alignment="bottom_right", key_padding_mask=padding(2, 203)), False),
+        lambda dt: dict(is_causal=True, causal_alignment="bottom_right", key_padding_mask=padding(2, 203)),
+        False,
+    ),
     "203x113_d59_causal_top_left_bool_mask": (
-        (1, 2, 2, 203, 113, 59, 59), lambda dt: dict(is_causal=True, attn_mask=_bool_mask((203, 113))), False),
+        (1, 2, 2, 203, 113, 59, 59),
+        lambda dt: dict(is_causal=True, attn_mask=_bool_mask((203, 113))),
+        False,
+    ),
     "1x147_d111_float_mask_padding": (
         (2, 2, 2, 1, 147, 111, 111),
-        lambda dt: dict(attn_mask=_float_mask((2, 1, 1, 147), dt), key_padding_mask=padding(2, 147)), False),
+        lambda dt: dict(attn_mask=_float_mask((2, 1, 1, 147), dt), key_padding_mask=padding(2, 147)),
+        False,
+    ),
     "gqa_8_to_1_d64_causal": ((1, 8, 1, 33, 47, 64, 64), lambda dt: dict(enable_gqa=True, is_causal=True), False),
-    "weights_97x129_d40_causal": ((1, 2, 2, 97, 129, 40, 40),
-                                  lambda dt: dict(return_weights=True, is_causal=True), True),
-    "mean_weights_gqa_float_mask": ((1, 4, 2, 65, 90, 24, 24),
-                                    lambda dt: dict(return_weights="mean", enable_gqa=True,
-                                                    attn_mask=_float_mask((65, 90), dt)), True),
+    "weights_97x129_d40_causal": (
+        (1, 2, 2, 97, 129, 40, 40),
+        lambda dt: dict(return_weights=True, is_causal=True),
+        True,
+    ),
+    "mean_weights_gqa_float_mask": (
+        (1, 4, 2, 65, 90, 24, 24),
+        lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=_float_mask((65, 90), dt)),
+        True,
+    ),
 }
 
 
@@ -238,8 +275,13 @@ def test_every_mask_combination(mask_kind, causal, padded):
 def test_lengths_that_divide_the_blocks(seqlen_q, seqlen_k, alignment):
     """EVEN_M / EVEN_N: the unchecked loads and loops, with several blocks each way."""
     q, k, v = make_qkv(2, 2, seqlen_q, seqlen_k, 16, torch.float32, heads_kv=1)
-    kwargs = dict(enable_gqa=True, is_causal=True, causal_alignment=alignment,
-                  key_padding_mask=padding(2, seqlen_k), return_weights=True)
+    kwargs = dict(
+        enable_gqa=True,
+        is_causal=True,
+        causal_alignment=alignment,
+        key_padding_mask=padding(2, seqlen_k),
+        return_weights=True,
+    )
     with override_config(**SMALL_TILES):
         check_grads(q, k, v, grad_weights=True, **kwargs)
 
@@ -256,8 +298,9 @@ def test_weights_returned_but_not_in_the_loss():
             for name, a, b in zip(("dq", "dk", "dv"), looked_at, plain):
                 assert_equal(name, a, b)
         grad_weights = randn(2, 17, 20)
-        expected = check_grads(q, k, v, grad_out=torch.zeros_like(grad_out), grad_weights=grad_weights,
-                               return_weights="mean", **kwargs)
+        expected = check_grads(
+            q, k, v, grad_out=torch.zeros_like(grad_out), grad_weights=grad_weights, return_weights="mean", **kwargs
+        )
         leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
         with attnlens.use_backend("kernels"):
             _, weights = attnlens.scaled_dot_product_attention(*leaves, return_weights="mean", **kwargs)
@@ -269,8 +312,13 @@ def test_weights_returned_but_not_in_the_loss():
 def test_gpu_tile_shapes():
     """The block shapes the GPU tables use (and unequal ones), through the interpreter."""
     q, k, v = make_qkv(2, 2, 40, 70, 32, torch.float16, heads_kv=1)
-    kwargs = dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right",
-                  key_padding_mask=padding(2, 70), return_weights="mean")
+    kwargs = dict(
+        enable_gqa=True,
+        is_causal=True,
+        causal_alignment="bottom_right",
+        key_padding_mask=padding(2, 70),
+        return_weights="mean",
+    )
     grad_out = randn(2, 2, 40, 32, dtype=torch.float16)
     grad_weights = randn(2, 40, 70, dtype=torch.float16)
     for block_m, block_n in [(16, 32), (32, 16), (64, 32), (32, 128)]:
@@ -399,8 +447,7 @@ def test_broadcast_incoming_gradients():
     with attnlens.use_backend("kernels"), override_config(**SMALL_TILES):
         out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean", is_causal=True)
         (out.sum() + weights.sum()).backward()
-        expected = kernel_grads(q, k, v, ones(2, 2, 21, 16), ones(2, 21, 27),
-                                return_weights="mean", is_causal=True)
+        expected = kernel_grads(q, k, v, ones(2, 2, 21, 16), ones(2, 21, 27), return_weights="mean", is_causal=True)
     for name, a, b in zip(("dq", "dk", "dv"), (q.grad, k.grad, v.grad), expected):
         assert_equal(name, a, b)
 
@@ -433,11 +480,16 @@ def test_poisoned_memory_is_never_read():
     kwargs = dict(is_causal=True, causal_alignment="bottom_right", enable_gqa=True, return_weights=True)
     with override_config(block_m=16, block_n=32):
         clean = kernel_grads(q, k, v, grad_out, grad_weights, attn_mask=mask, key_padding_mask=pad, **kwargs)
-        dirty = kernel_grads(poisoned_like(q, (1, 1, 7, 9)), poisoned_like(k, (1, 2, 5, 3)),
-                             poisoned_like(v, (2, 1, 11, 5)), poisoned_like(grad_out, (1, 1, 4, 6)),
-                             poisoned_like(grad_weights, (1, 1, 3, 13)),
-                             attn_mask=poisoned_like(mask, (1, 1, 3, 13)),
-                             key_padding_mask=poisoned_like(pad, (1, 6)), **kwargs)
+        dirty = kernel_grads(
+            poisoned_like(q, (1, 1, 7, 9)),
+            poisoned_like(k, (1, 2, 5, 3)),
+            poisoned_like(v, (2, 1, 11, 5)),
+            poisoned_like(grad_out, (1, 1, 4, 6)),
+            poisoned_like(grad_weights, (1, 1, 3, 13)),
+            attn_mask=poisoned_like(mask, (1, 1, 3, 13)),
+            key_padding_mask=poisoned_like(pad, (1, 6)),
+            **kwargs,
+        )
     for name, a, b in zip(("dq", "dk", "dv"), dirty, clean):
         assert torch.isfinite(a).all(), f"{name} has NaN"
         assert_equal(name, a, b)
@@ -485,8 +537,7 @@ def test_dropout_matches_reference_given_the_same_mask(backend):
     """``attnlens.dropout_mask`` returns the pattern a call used; the reference given that mask
     reproduces the output, the (post-dropout) weights and the gradients."""
     q, k, v = make_qkv(2, 2, 21, 35, 8, F64, heads_kv=1)
-    kwargs = dict(dropout_p=0.3, enable_gqa=True, is_causal=True, key_padding_mask=padding(2, 35),
-                  return_weights=True)
+    kwargs = dict(dropout_p=0.3, enable_gqa=True, is_causal=True, key_padding_mask=padding(2, 35), return_weights=True)
     with attnlens.use_backend(backend), override_config(**SMALL_TILES):
         out, weights, *grads = _dropout_call(q, k, v, 11, **kwargs)
         torch.manual_seed(11)
@@ -497,8 +548,9 @@ def test_dropout_matches_reference_given_the_same_mask(backend):
     leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
     ref_out, ref_weights = reference_sdpa(*leaves, dropout_mask=keep, **kwargs)
     ref_grads = torch.autograd.grad((ref_out, ref_weights), leaves, (torch.cos(ref_out), torch.sin(ref_weights)))
-    for name, a, b in zip(("out", "weights", "dq", "dk", "dv"), (out, weights, *grads),
-                          (ref_out, ref_weights, *ref_grads)):
+    for name, a, b in zip(
+        ("out", "weights", "dq", "dk", "dv"), (out, weights, *grads), (ref_out, ref_weights, *ref_grads)
+    ):
         assert (a - b).abs().max() < 1e-12, f"{name} differs from the reference by {(a - b).abs().max():.3g}"
 
 
@@ -566,8 +618,11 @@ def test_dropout_one_drops_everything():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("return_weights,dropout_p", [(False, 0.0), (True, 0.0), ("mean", 0.0), (True, 0.3)],
-                         ids=["out", "weights", "mean_weights", "weights_dropout"])
+@pytest.mark.parametrize(
+    "return_weights,dropout_p",
+    [(False, 0.0), (True, 0.0), ("mean", 0.0), (True, 0.3)],
+    ids=["out", "weights", "mean_weights", "weights_dropout"],
+)
 def test_torch_compile_matches_eager(return_weights, dropout_p):
     """forward (with or without weights, with dropout) + loss + backward, traced with
     fullgraph=True; the same seed gives the same dropout pattern compiled and eager."""
@@ -577,9 +632,16 @@ def test_torch_compile_matches_eager(return_weights, dropout_p):
     pad = padding(2, 23)
 
     def loss_fn(q, k, v):
-        result = attnlens.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
-                                                       key_padding_mask=pad, dropout_p=dropout_p,
-                                                       return_weights=return_weights)
+        result = attnlens.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            enable_gqa=True,
+            key_padding_mask=pad,
+            dropout_p=dropout_p,
+            return_weights=return_weights,
+        )
         if return_weights is False:
             return (result * grad_out).sum()
         out, weights = result

@@ -29,18 +29,47 @@ def summarize():
 
 def _case(seqlen: int, mask: str = "none", dtype: str = "fp16", head_dim: int = 64) -> dict:
     batch, heads = 16384 // seqlen, 2048 // head_dim
-    return {"case": f"grid-B{batch}-H{heads}-N{seqlen}-d{head_dim}-{dtype}-{mask}", "family": "grid",
-            "batch": batch, "heads": heads, "seqlen_q": seqlen, "seqlen_k": seqlen, "head_dim": head_dim,
-            "dtype": dtype, "mask": mask}
+    return {
+        "case": f"grid-B{batch}-H{heads}-N{seqlen}-d{head_dim}-{dtype}-{mask}",
+        "family": "grid",
+        "batch": batch,
+        "heads": heads,
+        "seqlen_q": seqlen,
+        "seqlen_k": seqlen,
+        "head_dim": head_dim,
+        "dtype": dtype,
+        "mask": mask,
+    }
 
 
-def _result(case: dict, impl: str, op: str, median_s: float, device: str = "NVIDIA H100 80GB HBM3",
-            speed_claim: bool = True, **info) -> dict:
-    extra = {"device": device, "torch": "2.11.0+cu130", "triton": "3.6.0", "date": "2026-11-20",
-             "speed_claim": speed_claim, "impl": impl, "op": op, "median_s": median_s, **case, **info}
+def _result(
+    case: dict,
+    impl: str,
+    op: str,
+    median_s: float,
+    device: str = "NVIDIA H100 80GB HBM3",
+    speed_claim: bool = True,
+    **info,
+) -> dict:
+    extra = {
+        "device": device,
+        "torch": "2.11.0+cu130",
+        "triton": "3.6.0",
+        "date": "2026-11-20",
+        "speed_claim": speed_claim,
+        "impl": impl,
+        "op": op,
+        "median_s": median_s,
+        **case,
+        **info,
+    }
     # the host clock's median differs on purpose: the summary must use the device median
-    return {"name": f"test_attention[{case['case']}-{impl}-{op}]", "group": f"{op} {case['case']}",
-            "stats": {"median": median_s + 1.0}, "extra_info": extra}
+    return {
+        "name": f"test_attention[{case['case']}-{impl}-{op}]",
+        "group": f"{op} {case['case']}",
+        "stats": {"median": median_s + 1.0},
+        "extra_info": extra,
+    }
 
 
 def _write(path: pathlib.Path, benchmarks: list) -> str:
@@ -101,8 +130,9 @@ def test_markdown_table(summarize, gpu_json):
 
 def test_files_merge_and_cpu_smoke_results_are_labelled(summarize, gpu_json, tmp_path):
     smoke = _case(64, dtype="fp32")
-    smoke_json = _write(tmp_path / "cpu.json", [_result(smoke, "attnlens", "fwd", 0.1, device="CPU (x86_64)",
-                                                        speed_claim=False)])
+    smoke_json = _write(
+        tmp_path / "cpu.json", [_result(smoke, "attnlens", "fwd", 0.1, device="CPU (x86_64)", speed_claim=False)]
+    )
     summaries = summarize.summarize(summarize.load([gpu_json, smoke_json]))
     assert {s.device: s.speed_claim for s in summaries} == {"NVIDIA H100 80GB HBM3": True, "CPU (x86_64)": False}
     table = summarize.markdown(summaries)
@@ -113,8 +143,10 @@ def test_files_merge_and_cpu_smoke_results_are_labelled(summarize, gpu_json, tmp
 def test_plot(summarize, gpu_json, tmp_path):
     (device,) = summarize.summarize(summarize.load([gpu_json]))
     series = summarize.plot_series(device)
-    assert series["speedup_sdpa_fwd"] == {"grid fp16 d64 none": [(1024, pytest.approx(1.5))],
-                                          "grid fp16 d64 causal": [(4096, pytest.approx(0.5))]}
+    assert series["speedup_sdpa_fwd"] == {
+        "grid fp16 d64 none": [(1024, pytest.approx(1.5))],
+        "grid fp16 d64 causal": [(4096, pytest.approx(0.5))],
+    }
     assert series["speedup_mha_weights"] == {"grid fp16 d64 none": [(1024, pytest.approx(6.0))]}
     out = tmp_path / "speedup.png"
     assert summarize.plot([device], str(out)) == [str(out)]
@@ -140,22 +172,42 @@ def test_series_names(summarize):
 
 
 def _sweep_result(kernel: str, config: str, median_s: float, default: bool = False, op: str = "fwd") -> dict:
-    case = {"case": "sweep-B4-H32-N4096-d64-fp16-none", "family": "sweep", "batch": 4, "heads": 32,
-            "seqlen_q": 4096, "seqlen_k": 4096, "head_dim": 64, "dtype": "fp16", "mask": "none"}
-    return _result(case, "attnlens-sweep", op, median_s, kernel=kernel, config=config,
-                   default_config="128x64-w4-s3", is_default=default)
+    case = {
+        "case": "sweep-B4-H32-N4096-d64-fp16-none",
+        "family": "sweep",
+        "batch": 4,
+        "heads": 32,
+        "seqlen_q": 4096,
+        "seqlen_k": 4096,
+        "head_dim": 64,
+        "dtype": "fp16",
+        "mask": "none",
+    }
+    return _result(
+        case,
+        "attnlens-sweep",
+        op,
+        median_s,
+        kernel=kernel,
+        config=config,
+        default_config="128x64-w4-s3",
+        is_default=default,
+    )
 
 
 def test_config_sweep_table(summarize, gpu_json, tmp_path):
     """The sweep's results stay out of the performance table and get their own: the default
     against the fastest candidate, per case and kernel."""
-    sweep_json = _write(tmp_path / "sweep.json", [
-        _sweep_result("backward_dq", "128x64-w8-s2", 3e-3, default=True, op="fwdbwd"),
-        _sweep_result("backward_dq", "64x64-w4-s2", 4e-3, op="fwdbwd"),
-        _sweep_result("forward", "128x64-w4-s3", 2e-3, default=True),
-        _sweep_result("forward", "128x128-w8-s3", 1.6e-3),
-        _sweep_result("forward", "64x64-w4-s2", 2.5e-3),
-    ])
+    sweep_json = _write(
+        tmp_path / "sweep.json",
+        [
+            _sweep_result("backward_dq", "128x64-w8-s2", 3e-3, default=True, op="fwdbwd"),
+            _sweep_result("backward_dq", "64x64-w4-s2", 4e-3, op="fwdbwd"),
+            _sweep_result("forward", "128x64-w4-s3", 2e-3, default=True),
+            _sweep_result("forward", "128x128-w8-s3", 1.6e-3),
+            _sweep_result("forward", "64x64-w4-s2", 2.5e-3),
+        ],
+    )
     results = summarize.load([gpu_json, sweep_json])
     (device,) = summarize.summarize(results)
     assert all(not r.case.startswith("sweep") for r in device.rows)
@@ -167,8 +219,9 @@ def test_config_sweep_table(summarize, gpu_json, tmp_path):
     assert summarize.main([gpu_json, sweep_json, "--markdown", str(table)]) == 0
     text = table.read_text()
     assert "| grid fp16 d64 none | 16 x 32 | 1024 |" in text
-    assert ("| sweep-B4-H32-N4096-d64-fp16-none | forward | fwd | 128x64-w4-s3 | 2 | 128x128-w8-s3 | 1.6 | 1.25x "
-            "| 3 |") in text
+    assert (
+        "| sweep-B4-H32-N4096-d64-fp16-none | forward | fwd | 128x64-w4-s3 | 2 | 128x128-w8-s3 | 1.6 | 1.25x | 3 |"
+    ) in text
     # a file of sweep results alone is enough
     assert summarize.main([sweep_json, "--markdown", str(table)]) == 0
     assert "Launch-configuration sweep" in table.read_text()

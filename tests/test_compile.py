@@ -37,8 +37,12 @@ def test_coverage_set_turns_every_flag_on_and_off():
 
 
 def test_every_variant_compiles(coverage_results):
-    failures = [f"{r.variant.kernel} sm_{r.variant.arch} {r.variant.dtype} d={r.variant.head_dim} "
-                f"[{r.variant.label()}]:\n{r.error}" for r in coverage_results if r.error]
+    failures = [
+        f"{r.variant.kernel} sm_{r.variant.arch} {r.variant.dtype} d={r.variant.head_dim} "
+        f"[{r.variant.label()}]:\n{r.error}"
+        for r in coverage_results
+        if r.error
+    ]
     assert not failures, "\n\n".join(failures)
 
 
@@ -77,13 +81,19 @@ def test_default_sm90_configs_do_not_spill(default_sm90_results):
     variants = [r.variant for r in default_sm90_results]
     assert {v.kernel for v in variants} == set(report.KERNEL_FUNCTIONS)
     assert {(v.dtype, v.head_dim) for v in variants} >= {("fp16", 64), ("fp16", 128), ("bf16", 64), ("bf16", 128)}
-    failures = [f"{r.variant.kernel} {r.variant.dtype} d={r.variant.head_dim}: {r.error}"
-                for r in default_sm90_results if r.error]
+    failures = [
+        f"{r.variant.kernel} {r.variant.dtype} d={r.variant.head_dim}: {r.error}"
+        for r in default_sm90_results
+        if r.error
+    ]
     assert not failures, "\n\n".join(failures)
     assert all(r.registers > 0 for r in default_sm90_results)  # the cubin was read, not defaulted
-    spilled = [f"{r.variant.kernel} {r.variant.dtype} d={r.variant.head_dim} {r.variant.config}: "
-               f"{r.registers} registers, {r.local_bytes} bytes of stack, {r.spill_stores} STL, {r.spill_loads} LDL"
-               for r in default_sm90_results if r.spills]
+    spilled = [
+        f"{r.variant.kernel} {r.variant.dtype} d={r.variant.head_dim} {r.variant.config}: "
+        f"{r.registers} registers, {r.local_bytes} bytes of stack, {r.spill_stores} STL, {r.spill_loads} LDL"
+        for r in default_sm90_results
+        if r.spills
+    ]
     assert not spilled, "\n".join(spilled)
 
 
@@ -104,8 +114,25 @@ def test_candidate_configurations():
 
 
 def test_report_command_line_with_a_candidate(capsys):
-    assert report.main(["--kernel", "forward", "--arch", "90", "--dtype", "fp16", "--head-dim", "64",
-                        "--config", "64x64x4x2", "--jobs", "1"]) == 0
+    assert (
+        report.main(
+            [
+                "--kernel",
+                "forward",
+                "--arch",
+                "90",
+                "--dtype",
+                "fp16",
+                "--head-dim",
+                "64",
+                "--config",
+                "64x64x4x2",
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| forward | sm_90 | fp16 | 64 |" in out and "| 64x64, 4, 2 |" in out
     with pytest.raises(SystemExit):
@@ -154,13 +181,19 @@ def test_consumer_card_configs_fit_and_do_not_spill(arch):
     fit (dQ at d=256) or spilled (forward, dK/dV), in fp16. The whole set, every dtype and head dim
     on sm_86, sm_89 and sm_120, is `report --full --arch 86 --arch 89 --arch 120` (bench/NOTES.md,
     step 2)."""
-    variants = [v for v in report.default_variants(archs=(arch,), kernels=["forward", "backward_dkdv", "backward_dq"])
-                if v.dtype == "fp16"]
+    variants = [
+        v
+        for v in report.default_variants(archs=(arch,), kernels=["forward", "backward_dkdv", "backward_dq"])
+        if v.dtype == "fp16"
+    ]
     assert {v.head_dim for v in variants} == {64, 128, 256}
     results = report.compile_all(variants, jobs=2)
-    bad = [f"{r.variant.kernel} d={r.variant.head_dim} {r.variant.config}: error={r.error}, "
-           f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
-           for r in results if not r.ok or r.spills]
+    bad = [
+        f"{r.variant.kernel} d={r.variant.head_dim} {r.variant.config}: error={r.error}, "
+        f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
+        for r in results
+        if not r.ok or r.spills
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -172,9 +205,12 @@ def test_consumer_card_rows_do_not_spill_with_masks_padding_and_ragged_lengths(a
     sm_120. The wider check is bench/NOTES.md step 5."""
     variants = _flagged_variants(arch, 64)
     results = report.compile_all(variants, jobs=2)
-    bad = [f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "
-           f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
-           for r in results if not r.ok or r.spills]
+    bad = [
+        f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "
+        f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack, {r.spill_stores} STL"
+        for r in results
+        if not r.ok or r.spills
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -204,9 +240,12 @@ def test_sm90_rows_do_not_spill_with_masks_padding_and_ragged_lengths(head_dim):
     variants = _flagged_variants(90, head_dim)
     assert sum(v.config != report.variant_with_flags(v.kernel, 90, "fp16", head_dim).config for v in variants) >= 1
     results = report.compile_all(variants, jobs=2)
-    bad = [f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "
-           f"{r.registers} registers, {r.local_bytes} B stack, {r.spill_stores} STL"
-           for r in results if not r.ok or r.spills]
+    bad = [
+        f"{r.variant.kernel} [{r.variant.label()}] {r.variant.config}: error={r.error}, "
+        f"{r.registers} registers, {r.local_bytes} B stack, {r.spill_stores} STL"
+        for r in results
+        if not r.ok or r.spills
+    ]
     assert not bad, "\n".join(bad)
     with pytest.raises(ValueError, match="no constexpr flags"):
         report.variant_with_flags("forward", 90, "fp16", 64, HAS_DW=True)
@@ -216,13 +255,21 @@ def test_sm90_fp32_dkdv_rows_do_not_spill_with_flags():
     """fp32 dK/dV (FMA products, which spill at 80-128 registers) on sm_90 at head dim 64: causal
     padding on ragged lengths, and the weights' gradient with causal padding, compile without
     spills (the 32x32 tiles it had spilled up to 112 B; bench/NOTES.md step 5)."""
-    variants = [report.variant_with_flags("backward_dkdv", 90, "fp32", 64, IS_CAUSAL=True, HAS_PADDING=True,
-                                          EVEN_M=False, EVEN_N=False),
-                report.variant_with_flags("backward_dkdv", 90, "fp32", 64, HAS_DW=True, IS_CAUSAL=True,
-                                          HAS_PADDING=True, EVEN_N=False)]
+    variants = [
+        report.variant_with_flags(
+            "backward_dkdv", 90, "fp32", 64, IS_CAUSAL=True, HAS_PADDING=True, EVEN_M=False, EVEN_N=False
+        ),
+        report.variant_with_flags(
+            "backward_dkdv", 90, "fp32", 64, HAS_DW=True, IS_CAUSAL=True, HAS_PADDING=True, EVEN_N=False
+        ),
+    ]
     results = report.compile_all(variants, jobs=2)
-    bad = [f"[{r.variant.label()}] {r.variant.config}: error={r.error}, {r.local_bytes} B stack, "
-           f"{r.loop_spills} STL/LDL in loops" for r in results if not r.ok or r.spills]
+    bad = [
+        f"[{r.variant.label()}] {r.variant.config}: error={r.error}, {r.local_bytes} B stack, "
+        f"{r.loop_spills} STL/LDL in loops"
+        for r in results
+        if not r.ok or r.spills
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -230,12 +277,18 @@ def test_sm100_configs_fit_do_not_spill_and_use_tcgen05():
     """Datacenter Blackwell (sm_100) has its own rows: the 16-bit products compile to tcgen05
     (UTCHMMA in the SASS) except dK/dV above head dim 128 (HMMA, as on sm_90), without spills,
     within 227 KiB of shared memory."""
-    variants = [v for v in report.default_variants(archs=(100,), kernels=["forward", "backward_dkdv", "backward_dq"])
-                if v.dtype == "fp16"]
+    variants = [
+        v
+        for v in report.default_variants(archs=(100,), kernels=["forward", "backward_dkdv", "backward_dq"])
+        if v.dtype == "fp16"
+    ]
     results = report.compile_all(variants, jobs=2)
-    bad = [f"{r.variant.kernel} d={r.variant.head_dim} {r.variant.config}: error={r.error}, "
-           f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack"
-           for r in results if not r.ok or r.spills]
+    bad = [
+        f"{r.variant.kernel} d={r.variant.head_dim} {r.variant.config}: error={r.error}, "
+        f"{r.shared_bytes}/{r.shared_limit} B shared, {r.local_bytes} B stack"
+        for r in results
+        if not r.ok or r.spills
+    ]
     assert not bad, "\n".join(bad)
     for r in results:
         wide_dkdv = r.variant.kernel == "backward_dkdv" and r.variant.head_dim > 128
@@ -246,15 +299,19 @@ def test_descriptor_loads_reach_the_sass():
     """``+tma`` compiles the USE_TMA paths: the forward's TMA loads (UTMALDG) feeding wgmma (HGMMA)
     and the weights kernel's TMA store (UTMASTG) on sm_90, without spills; the table's own
     configurations do not use them."""
-    (variant,) = [v for v in report.default_variants(archs=(90,), kernels=["forward"])
-                  if v.dtype == "fp16" and v.head_dim == 128]
+    (variant,) = [
+        v for v in report.default_variants(archs=(90,), kernels=["forward"]) if v.dtype == "fp16" and v.head_dim == 128
+    ]
     (result,) = report.compile_all(report.with_configs([variant], [report.parse_config("128x64x8x3+tma")]), jobs=1)
     assert result.variant.flag_dict["USE_TMA"] is True and result.error is None, result.error
     assert result.mma.get("UTMALDG", 0) > 0 and result.mma.get("HGMMA", 0) > 0, result.mma
     assert not result.spills
-    assert not any(v.config.tma or v.flag_dict["USE_TMA"]
-                   for v in report.default_variants(archs=(80, 90), kernels=["forward", "weights"], full=True))
-    (variant,) = [v for v in report.default_variants(archs=(90,), kernels=["weights"])
-                  if v.dtype == "bf16" and v.head_dim == 64]
+    assert not any(
+        v.config.tma or v.flag_dict["USE_TMA"]
+        for v in report.default_variants(archs=(80, 90), kernels=["forward", "weights"], full=True)
+    )
+    (variant,) = [
+        v for v in report.default_variants(archs=(90,), kernels=["weights"]) if v.dtype == "bf16" and v.head_dim == 64
+    ]
     (result,) = report.compile_all(report.with_configs([variant], [report.parse_config("128x64x4x2+tma")]), jobs=1)
     assert result.mma.get("UTMASTG", 0) > 0 and result.mma.get("HGMMA", 0) > 0 and not result.spills, result.mma

@@ -20,15 +20,28 @@ CUDA = torch.device("cuda")
 @pytest.fixture
 def capability(monkeypatch):
     """Pretend the CUDA device has the compute capability given to the returned setter."""
+
     def set_capability(major: int, minor: int) -> None:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
+
     return set_capability
 
 
-@pytest.mark.parametrize("cc, family", [
-    ((9, 0), "sm90"), ((8, 0), "sm80"), ((8, 6), "sm8x"), ((8, 7), "sm8x"), ((8, 9), "sm8x"),
-    ((12, 0), "sm8x"), ((10, 0), "sm100"), ((10, 3), "sm100"), ((7, 5), "default"), ((11, 0), "default"),
-])
+@pytest.mark.parametrize(
+    "cc, family",
+    [
+        ((9, 0), "sm90"),
+        ((8, 0), "sm80"),
+        ((8, 6), "sm8x"),
+        ((8, 7), "sm8x"),
+        ((8, 9), "sm8x"),
+        ((12, 0), "sm8x"),
+        ((10, 0), "sm100"),
+        ((10, 3), "sm100"),
+        ((7, 5), "default"),
+        ((11, 0), "default"),
+    ],
+)
 def test_architecture_family(capability, cc, family):
     capability(*cc)
     assert config_mod.arch_family(CUDA, interpreted=False) == family
@@ -87,21 +100,26 @@ def test_heavy_call_rows(capability):
         assert get_config("forward", CUDA, torch.float16, 64, heavy=True).num_warps == 4
 
 
-@pytest.mark.parametrize("call, heavy", [
-    (lambda q: attnlens.scaled_dot_product_attention(q, q, q), False),
-    (lambda q: attnlens.scaled_dot_product_attention(q, q, q, is_causal=True), False),
-    (lambda q: attnlens.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(8, 8, dtype=torch.bool)), True),
-    (lambda q: attnlens.scaled_dot_product_attention(q, q, q, dropout_p=0.5), True),
-])
+@pytest.mark.parametrize(
+    "call, heavy",
+    [
+        (lambda q: attnlens.scaled_dot_product_attention(q, q, q), False),
+        (lambda q: attnlens.scaled_dot_product_attention(q, q, q, is_causal=True), False),
+        (lambda q: attnlens.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(8, 8, dtype=torch.bool)), True),
+        (lambda q: attnlens.scaled_dot_product_attention(q, q, q, dropout_p=0.5), True),
+    ],
+)
 def test_launchers_ask_for_heavy_rows(monkeypatch, call, heavy):
     """The forward and backward launchers pass ``heavy`` as ``is_heavy`` says for the call; the
     backward also when the weights' gradient is in the loss."""
     from attnlens.kernels import backward, forward
+
     seen = []
 
     def recording(kernel, *args, **kwargs):
         seen.append((kernel, kwargs.get("heavy")))
         return get_config(kernel, *args, **kwargs)
+
     monkeypatch.setattr(forward, "get_config", recording)
     monkeypatch.setattr(backward, "get_config", recording)
     q = torch.randn(1, 2, 8, 16, requires_grad=True)
@@ -183,15 +201,20 @@ class _Refusing:
     def __getitem__(self, grid):
         def run(*args, **kwargs):
             raise _out_of_resources()
+
         return run
 
 
-@pytest.mark.parametrize("module, call, kernel", [
-    ("forward", lambda q: attnlens.scaled_dot_product_attention(q, q, q), "forward"),
-    ("backward", lambda q: attnlens.scaled_dot_product_attention(q, q, q).sum().backward(), "backward_preprocess"),
-])
+@pytest.mark.parametrize(
+    "module, call, kernel",
+    [
+        ("forward", lambda q: attnlens.scaled_dot_product_attention(q, q, q), "forward"),
+        ("backward", lambda q: attnlens.scaled_dot_product_attention(q, q, q).sum().backward(), "backward_preprocess"),
+    ],
+)
 def test_a_launch_that_does_not_fit_raises_runtime_error(monkeypatch, module, call, kernel):
     import importlib
+
     mod = importlib.import_module(f"attnlens.kernels.{module}")
     monkeypatch.setattr(mod, "launchable", lambda fn: _Refusing())
     q = torch.randn(1, 2, 8, 16, requires_grad=True)

@@ -27,8 +27,15 @@ def make(task="copy", num=200, vocab=12, max_length=9, **kwargs):
 
 def clone(data: SyntheticData) -> SyntheticData:
     """A deep copy that a test may corrupt."""
-    return SyntheticData(data.src.clone(), data.tgt.clone(), data.lengths.clone(), data.ids.clone(),
-                         data.task, data.vocab_size, data.max_length)
+    return SyntheticData(
+        data.src.clone(),
+        data.tgt.clone(),
+        data.lengths.clone(),
+        data.ids.clone(),
+        data.task,
+        data.vocab_size,
+        data.max_length,
+    )
 
 
 def expected_target(task, source):
@@ -41,6 +48,7 @@ def test_special_token_constants():
 
 
 # --- layout ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", TASKS)
 def test_shapes_dtypes_and_attributes(task):
@@ -62,9 +70,9 @@ def test_every_sentence_is_content_then_padding(task):
         assert all(NUM_SPECIAL_TOKENS <= t < 9 for t in src[:length])
         assert src[length:] == [PAD_ID] * (8 - length)
         assert tgt[0] == BOS_ID
-        assert all(NUM_SPECIAL_TOKENS <= t < 9 for t in tgt[1:length + 1])
+        assert all(NUM_SPECIAL_TOKENS <= t < 9 for t in tgt[1 : length + 1])
         assert tgt[length + 1] == EOS_ID
-        assert tgt[length + 2:] == [PAD_ID] * (8 - length)
+        assert tgt[length + 2 :] == [PAD_ID] * (8 - length)
     assert data.sentences == [row[:n] for row, n in zip(data.src.tolist(), data.lengths.tolist())]
 
 
@@ -72,7 +80,7 @@ def test_every_sentence_is_content_then_padding(task):
 def test_target_is_the_task_of_the_source_for_every_sentence(task):
     data = make(task, num=500, vocab=8, max_length=10)  # small vocab: sort sees many duplicates
     for source, target_row, length in zip(data.sentences, data.tgt.tolist(), data.lengths.tolist()):
-        target = target_row[1:length + 1]
+        target = target_row[1 : length + 1]
         assert target == expected_target(task, source)
     assert data.targets == [expected_target(task, s) for s in data.sentences]
 
@@ -133,6 +141,7 @@ def test_empty_dataset():
 
 # --- reproducibility ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("task", TASKS)
 def test_same_seed_same_data_different_seed_different_data(task):
     a, b = make(task, seed=3), make(task, seed=3)
@@ -156,6 +165,7 @@ def test_global_random_state_neither_used_nor_changed():
 
 
 # --- Dataset protocol, DataLoader, split -----------------------------------------------------------
+
 
 def test_getitem_and_dataloader_batches():
     data = make("reverse", num=10, vocab=11, max_length=6)
@@ -191,19 +201,23 @@ def test_split_is_a_reproducible_partition_keeping_ids():
     assert len(data.split(0.0)[1]) == 0 and len(data.split(1.0)[0]) == 0
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda d: d.split(1.5), ValueError, r"fraction must be in \[0, 1\]"),
-    (lambda d: d.split(-0.1), ValueError, "fraction must be in"),
-    (lambda d: d.split("0.2"), TypeError, "fraction must be a float"),
-    (lambda d: d.split(0.2, seed=1.0), TypeError, "seed must be an int"),
-    (lambda d: d.split(0.2, seed=-1), ValueError, "seed must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda d: d.split(1.5), ValueError, r"fraction must be in \[0, 1\]"),
+        (lambda d: d.split(-0.1), ValueError, "fraction must be in"),
+        (lambda d: d.split("0.2"), TypeError, "fraction must be a float"),
+        (lambda d: d.split(0.2, seed=1.0), TypeError, "seed must be an int"),
+        (lambda d: d.split(0.2, seed=-1), ValueError, "seed must be >= 0"),
+    ],
+)
 def test_split_errors(call, error, message):
     with pytest.raises(error, match=message):
         call(make(num=10))
 
 
 # --- validate_dataset: summary ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", TASKS)
 def test_summary_matches_direct_computation(task):
@@ -233,10 +247,20 @@ def test_summary_of_a_hand_built_dataset():
     data = SyntheticData(src, tgt, torch.tensor([2, 1, 3]), torch.tensor([10, 20, 30]), "reverse", 7, 3)
     summary = validate_dataset(data)
     assert summary.to_dict() == {
-        "task": "reverse", "vocab_size": 7, "padded_length": 3, "num_sentences": 3,
-        "min_length": 1, "max_length": 3, "mean_length": 2.0, "std_length": pytest.approx((2 / 3) ** 0.5),
-        "length_histogram": {1: 1, 2: 1, 3: 1}, "tokens_total": 6, "num_content_tokens": 4,
-        "vocab_coverage": 0.75, "missing_values": 0, "duplicate_ids": 0,
+        "task": "reverse",
+        "vocab_size": 7,
+        "padded_length": 3,
+        "num_sentences": 3,
+        "min_length": 1,
+        "max_length": 3,
+        "mean_length": 2.0,
+        "std_length": pytest.approx((2 / 3) ** 0.5),
+        "length_histogram": {1: 1, 2: 1, 3: 1},
+        "tokens_total": 6,
+        "num_content_tokens": 4,
+        "vocab_coverage": 0.75,
+        "missing_values": 0,
+        "duplicate_ids": 0,
     }
 
 
@@ -261,6 +285,7 @@ def test_to_dataframe_without_pandas_says_how_to_install(monkeypatch):
 
 
 # --- validate_dataset: failures -------------------------------------------------------------------
+
 
 def corrupt_duplicate_id(d):
     d.ids[4] = d.ids[1]
@@ -323,21 +348,24 @@ def corrupt_target_content(d):
     d.tgt[row, 1] = NUM_SPECIAL_TOKENS if d.tgt[row, 1] != NUM_SPECIAL_TOKENS else NUM_SPECIAL_TOKENS + 1
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (corrupt_duplicate_id, "ids must be unique"),
-    (corrupt_token_above_vocab, r"data.src has token 12 outside \[0, vocab_size=12\) in sentence id 2"),
-    (corrupt_negative_token, r"data.tgt has token -1 outside \[0, vocab_size=12\) in sentence id 3"),
-    (corrupt_pad_inside_source, "data.src has PAD inside a sentence"),
-    (corrupt_bos_inside_source, "data.src has a special token"),
-    (corrupt_content_after_end, "non-PAD tokens after the end"),
-    (corrupt_length_too_long, r"data.lengths must be in \[1, max_length=9\], got 10 for sentence id 0"),
-    (corrupt_length_zero, r"data.lengths must be in \[1, max_length=9\], got 0"),
-    (corrupt_length_mismatch, "data.src has PAD inside a sentence"),
-    (corrupt_missing_bos, "data.tgt of sentence id 5 .* must be BOS"),
-    (corrupt_missing_eos, "data.tgt of sentence id 5 .* must be BOS"),
-    (corrupt_pad_inside_target, "data.tgt has PAD inside a sentence .* sentence id 5"),
-    (corrupt_eos_inside_target, "data.tgt has a special token"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (corrupt_duplicate_id, "ids must be unique"),
+        (corrupt_token_above_vocab, r"data.src has token 12 outside \[0, vocab_size=12\) in sentence id 2"),
+        (corrupt_negative_token, r"data.tgt has token -1 outside \[0, vocab_size=12\) in sentence id 3"),
+        (corrupt_pad_inside_source, "data.src has PAD inside a sentence"),
+        (corrupt_bos_inside_source, "data.src has a special token"),
+        (corrupt_content_after_end, "non-PAD tokens after the end"),
+        (corrupt_length_too_long, r"data.lengths must be in \[1, max_length=9\], got 10 for sentence id 0"),
+        (corrupt_length_zero, r"data.lengths must be in \[1, max_length=9\], got 0"),
+        (corrupt_length_mismatch, "data.src has PAD inside a sentence"),
+        (corrupt_missing_bos, "data.tgt of sentence id 5 .* must be BOS"),
+        (corrupt_missing_eos, "data.tgt of sentence id 5 .* must be BOS"),
+        (corrupt_pad_inside_target, "data.tgt has PAD inside a sentence .* sentence id 5"),
+        (corrupt_eos_inside_target, "data.tgt has a special token"),
+    ],
+)
 @pytest.mark.parametrize("task", TASKS)
 def test_validate_rejects_corrupted_data(task, corrupt, message):
     data = clone(make(task))
@@ -369,17 +397,23 @@ def test_validate_rejects_wrong_task_label():
         validate_dataset(data)
 
 
-@pytest.mark.parametrize("corrupt, error, message", [
-    (lambda d: setattr(d, "src", d.src.float()), TypeError,
-     r"data.src must be a LongTensor .* got dtype torch.float32"),
-    (lambda d: setattr(d, "ids", d.ids.tolist()), TypeError, "data.ids must be a torch.Tensor"),
-    (lambda d: setattr(d, "tgt", d.tgt[:, :-1]), ValueError, r"data.tgt must have shape \[num, max_length \+ 2\]"),
-    (lambda d: setattr(d, "lengths", d.lengths[:-1]), ValueError, r"data.lengths must have shape \[num\]"),
-    (lambda d: setattr(d, "src", d.src[0]), ValueError, "data.src must be 2-D"),
-    (lambda d: setattr(d, "max_length", 8), ValueError, r"data.src must have shape \[num, max_length\]"),
-    (lambda d: setattr(d, "task", "shuffle"), ValueError, "task must be one of copy, reverse, sort, random"),
-    (lambda d: setattr(d, "vocab_size", 4), ValueError, "data.vocab_size must be at least 5"),
-])
+@pytest.mark.parametrize(
+    "corrupt, error, message",
+    [
+        (
+            lambda d: setattr(d, "src", d.src.float()),
+            TypeError,
+            r"data.src must be a LongTensor .* got dtype torch.float32",
+        ),
+        (lambda d: setattr(d, "ids", d.ids.tolist()), TypeError, "data.ids must be a torch.Tensor"),
+        (lambda d: setattr(d, "tgt", d.tgt[:, :-1]), ValueError, r"data.tgt must have shape \[num, max_length \+ 2\]"),
+        (lambda d: setattr(d, "lengths", d.lengths[:-1]), ValueError, r"data.lengths must have shape \[num\]"),
+        (lambda d: setattr(d, "src", d.src[0]), ValueError, "data.src must be 2-D"),
+        (lambda d: setattr(d, "max_length", 8), ValueError, r"data.src must have shape \[num, max_length\]"),
+        (lambda d: setattr(d, "task", "shuffle"), ValueError, "task must be one of copy, reverse, sort, random"),
+        (lambda d: setattr(d, "vocab_size", 4), ValueError, "data.vocab_size must be at least 5"),
+    ],
+)
 def test_validate_structure_errors(corrupt, error, message):
     data = clone(make())
     corrupt(data)
@@ -396,24 +430,32 @@ def test_validate_argument_errors():
 
 # --- generate_synthetic_data: argument errors ------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(vocab_size=4), ValueError, r"vocab_size must be at least 5 \(3 special tokens PAD, BOS, EOS plus at "
-                                     r"least 2 content tokens\), got 4"),
-    (dict(vocab_size=0), ValueError, "vocab_size must be at least 5"),
-    (dict(max_length=0), ValueError, "max_length must be >= 1, got 0"),
-    (dict(max_length=-3), ValueError, "max_length must be >= 1"),
-    (dict(min_length=0), ValueError, r"min_length must be in \[1, max_length=6\], got 0"),
-    (dict(min_length=7), ValueError, r"min_length must be in \[1, max_length=6\], got 7"),
-    (dict(num_sentences=-1), ValueError, "num_sentences must be >= 0, got -1"),
-    (dict(seed=-1), ValueError, "seed must be >= 0"),
-    (dict(task="shuffle"), ValueError, r"task must be one of copy, reverse, sort, random; got 'shuffle'"),
-    (dict(task=None), TypeError, "task must be a str"),
-    (dict(num_sentences=10.0), TypeError, "num_sentences must be an int, got float"),
-    (dict(vocab_size="12"), TypeError, "vocab_size must be an int, got str"),
-    (dict(max_length=6.5), TypeError, "max_length must be an int"),
-    (dict(min_length=True), TypeError, "min_length must be an int, got bool"),
-    (dict(seed=0.5), TypeError, "seed must be an int"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            dict(vocab_size=4),
+            ValueError,
+            r"vocab_size must be at least 5 \(3 special tokens PAD, BOS, EOS plus at "
+            r"least 2 content tokens\), got 4",
+        ),
+        (dict(vocab_size=0), ValueError, "vocab_size must be at least 5"),
+        (dict(max_length=0), ValueError, "max_length must be >= 1, got 0"),
+        (dict(max_length=-3), ValueError, "max_length must be >= 1"),
+        (dict(min_length=0), ValueError, r"min_length must be in \[1, max_length=6\], got 0"),
+        (dict(min_length=7), ValueError, r"min_length must be in \[1, max_length=6\], got 7"),
+        (dict(num_sentences=-1), ValueError, "num_sentences must be >= 0, got -1"),
+        (dict(seed=-1), ValueError, "seed must be >= 0"),
+        (dict(task="shuffle"), ValueError, r"task must be one of copy, reverse, sort, random; got 'shuffle'"),
+        (dict(task=None), TypeError, "task must be a str"),
+        (dict(num_sentences=10.0), TypeError, "num_sentences must be an int, got float"),
+        (dict(vocab_size="12"), TypeError, "vocab_size must be an int, got str"),
+        (dict(max_length=6.5), TypeError, "max_length must be an int"),
+        (dict(min_length=True), TypeError, "min_length must be an int, got bool"),
+        (dict(seed=0.5), TypeError, "seed must be an int"),
+    ],
+)
 def test_generate_argument_errors(kwargs, error, message):
     arguments = dict(num_sentences=10, vocab_size=12, max_length=6, task="copy")
     arguments.update(kwargs)

@@ -24,10 +24,27 @@ DTYPES = [torch.float16, torch.float32, torch.float64]
 def run_kernels(q, k, v, **kwargs):
     """(out, lse natural, per-head weights, mean weights) from the kernels, for prepared args."""
     p = prepare(q, k, v, return_weights=True, **kwargs)
-    out, lse, weights = attention_op(p.query, p.key, p.value, p.attn_mask, p.key_padding_mask, None,
-                                     p.scale, 0.0, p.is_causal, p.causal_offset, 1, False)
-    problem = AttentionProblem(scale=p.scale, is_causal=p.is_causal, causal_offset=p.causal_offset,
-                               attn_mask=p.attn_mask, key_padding_mask=p.key_padding_mask)
+    out, lse, weights = attention_op(
+        p.query,
+        p.key,
+        p.value,
+        p.attn_mask,
+        p.key_padding_mask,
+        None,
+        p.scale,
+        0.0,
+        p.is_causal,
+        p.causal_offset,
+        1,
+        False,
+    )
+    problem = AttentionProblem(
+        scale=p.scale,
+        is_causal=p.is_causal,
+        causal_offset=p.causal_offset,
+        attn_mask=p.attn_mask,
+        key_padding_mask=p.key_padding_mask,
+    )
     mean = attention_weights(p.query, p.key, lse, problem, mean=True)
     return out, lse_to_natural(lse), weights, mean
 
@@ -60,8 +77,9 @@ def test_long_sequences(seqlen):
     check(q, k, v, is_causal=True)
 
 
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(113, 203), (203, 113), (1, 147), (147, 1), (3, 799),
-                                               (799, 3), (127, 512), (512, 127)])
+@pytest.mark.parametrize(
+    "seqlen_q,seqlen_k", [(113, 203), (203, 113), (1, 147), (147, 1), (3, 799), (799, 3), (127, 512), (512, 127)]
+)
 @pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
 def test_unequal_lengths(seqlen_q, seqlen_k, alignment):
     q, k, v = make_qkv(2, 1, seqlen_q, seqlen_k, 40, torch.float16)
@@ -106,11 +124,11 @@ def _masks(kind, batch, heads, seqlen_q, seqlen_k, dtype):
 
 def _padding(batch, seqlen_k):
     pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=DEVICE)
-    pad[0, seqlen_k - seqlen_k // 3:] = True           # right padding
+    pad[0, seqlen_k - seqlen_k // 3 :] = True  # right padding
     if batch > 1:
-        pad[1, : seqlen_k // 4] = True                  # left padding
+        pad[1, : seqlen_k // 4] = True  # left padding
     if batch > 2:
-        pad[2, torch.arange(0, seqlen_k, 3)] = True     # scattered
+        pad[2, torch.arange(0, seqlen_k, 3)] = True  # scattered
     return pad
 
 
@@ -168,13 +186,13 @@ class TestRowsWithNothingToAttendTo:
         q, k, v = make_qkv(1, 2, 7, 21, 16, dtype)
         bias = torch.zeros(1, 1, 7, 21, dtype=dtype, device=DEVICE)
         lowest = torch.finfo(torch.float32).min
-        bias[..., 0, :] = lowest                     # uniform, as torch's softmax of equal values
-        bias[..., 1, 3:] = lowest                    # weight on the first three keys only
-        bias[..., 2, 5] = float("-inf")              # key 5 masked
-        bias[..., 3, :] = -1e30                      # uniform: -1e30 absorbs the q.k differences
-        bias[..., 4, :] = -1e9                       # the softmax of the scores (uniform in fp32)
-        bias[..., 5, :] = float("-inf")              # nothing to attend to
-        bias[..., 6, ::2] = -1e9                     # the -1e9 keys get 0
+        bias[..., 0, :] = lowest  # uniform, as torch's softmax of equal values
+        bias[..., 1, 3:] = lowest  # weight on the first three keys only
+        bias[..., 2, 5] = float("-inf")  # key 5 masked
+        bias[..., 3, :] = -1e30  # uniform: -1e30 absorbs the q.k differences
+        bias[..., 4, :] = -1e9  # the softmax of the scores (uniform in fp32)
+        bias[..., 5, :] = float("-inf")  # nothing to attend to
+        bias[..., 6, ::2] = -1e9  # the -1e9 keys get 0
         # An fp32 kernel clamps finfo(float32).min to -fp32max / log2(e) (x log2(e) would overflow
         # to -inf), which moves row 0's log-sum-exp but none of its weights: compare the rest.
         lse_rows = slice(1, None) if dtype == torch.float32 else slice(None)
@@ -245,9 +263,14 @@ def test_poisoned_memory_is_never_read(dtype):
     kwargs = dict(is_causal=True, causal_alignment="bottom_right")
     with override_config(block_m=16, block_n=32):
         clean = run_kernels(q, k, v, attn_mask=mask, key_padding_mask=pad, **kwargs)
-        dirty = run_kernels(poisoned_like(q, (1, 1, 7, 9)), poisoned_like(k, (1, 2, 5, 3)),
-                            poisoned_like(v, (2, 1, 11, 5)), attn_mask=poisoned_like(mask, (1, 1, 3, 13)),
-                            key_padding_mask=poisoned_like(pad, (1, 6)), **kwargs)
+        dirty = run_kernels(
+            poisoned_like(q, (1, 1, 7, 9)),
+            poisoned_like(k, (1, 2, 5, 3)),
+            poisoned_like(v, (2, 1, 11, 5)),
+            attn_mask=poisoned_like(mask, (1, 1, 3, 13)),
+            key_padding_mask=poisoned_like(pad, (1, 6)),
+            **kwargs,
+        )
     for name, a, b in zip(("out", "lse", "weights", "mean"), dirty, clean):
         assert torch.isfinite(a[a != float("-inf")]).all(), f"{name} has NaN"
         assert_equal(name, a, b)
@@ -374,6 +397,7 @@ class TestTensorDescriptorPath:
     def launches(self, monkeypatch):
         """(kernel name, USE_TMA) for every forward and weights launch."""
         from attnlens.kernels import forward as fwd
+
         seen, real = [], fwd.launchable
 
         def spy(kernel):
@@ -386,23 +410,33 @@ class TestTensorDescriptorPath:
                         if "USE_TMA" in kwargs:
                             seen.append((name, kwargs["USE_TMA"]))
                         return launcher[grid](*args, **kwargs)
+
                     return run
+
             return Recorder()
+
         monkeypatch.setattr(fwd, "launchable", spy)
         return seen
 
-    @pytest.mark.parametrize("case", [
-        dict(shape=(1, 2, 37, 53, 40), kwargs=dict(is_causal=True)),
-        dict(shape=(2, 6, 29, 41, 24), heads_kv=3,
-             kwargs=dict(is_causal=True, causal_alignment="bottom_right", enable_gqa=True)),
-        dict(shape=(3, 2, 19, 130, 16), kwargs=dict(mask="float", padding=True)),
-        dict(shape=(1, 1, 64, 64, 128), kwargs=dict()),
-        dict(shape=(3, 4, 37, 72, 40), kwargs=dict(is_causal=True, causal_alignment="bottom_right", padding=True)),
-    ])
+    @pytest.mark.parametrize(
+        "case",
+        [
+            dict(shape=(1, 2, 37, 53, 40), kwargs=dict(is_causal=True)),
+            dict(
+                shape=(2, 6, 29, 41, 24),
+                heads_kv=3,
+                kwargs=dict(is_causal=True, causal_alignment="bottom_right", enable_gqa=True),
+            ),
+            dict(shape=(3, 2, 19, 130, 16), kwargs=dict(mask="float", padding=True)),
+            dict(shape=(1, 1, 64, 64, 128), kwargs=dict()),
+            dict(shape=(3, 4, 37, 72, 40), kwargs=dict(is_causal=True, causal_alignment="bottom_right", padding=True)),
+        ],
+    )
     def test_matches_the_reference_and_the_pointer_path(self, launches, case):
         batch, heads, seqlen_q, seqlen_k, head_dim = case["shape"]
-        q, k, v = make_qkv(batch, heads, seqlen_q, seqlen_k, head_dim, torch.float16,
-                           heads_kv=case.get("heads_kv", heads))
+        q, k, v = make_qkv(
+            batch, heads, seqlen_q, seqlen_k, head_dim, torch.float16, heads_kv=case.get("heads_kv", heads)
+        )
         kwargs = dict(case["kwargs"])
         if kwargs.pop("mask", None):
             kwargs["attn_mask"] = _masks("float", batch, heads, seqlen_q, seqlen_k, torch.float16)
@@ -434,7 +468,8 @@ class TestTensorDescriptorPath:
 
     def test_ineligible_inputs_take_the_pointer_path(self, launches):
         from attnlens.kernels.forward import tma_eligible
-        q, k, v = make_qkv(1, 2, 33, 33, 59, torch.float16)   # rows of 118 bytes: not 16-byte aligned
+
+        q, k, v = make_qkv(1, 2, 33, 33, 59, torch.float16)  # rows of 118 bytes: not 16-byte aligned
         q32, k32, v32 = make_qkv(1, 2, 33, 33, 64, torch.float32)  # not a 16-bit dtype
         assert not tma_eligible(q, k, v) and not tma_eligible(q32, k32, v32)
         assert not tma_eligible(q[..., 1:], k[..., 1:], v[..., 1:])  # base address off by 2 bytes
@@ -455,8 +490,11 @@ def test_auto_keeps_cuda_devices_older_than_triton_supports_on_the_reference_pat
 
     monkeypatch.setattr(attnlens.kernels, "INTERPRETED", False)  # as on a machine with real GPUs
     capabilities = {0: (7, 5), None: (8, 6), 2: (9, 0)}  # None: the current device
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(
-        major=capabilities[device.index][0], minor=capabilities[device.index][1]))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device: SimpleNamespace(major=capabilities[device.index][0], minor=capabilities[device.index][1]),
+    )
     assert attnlens.selected_backend(torch.device("cuda", 0)) == "reference"
     assert attnlens.selected_backend(torch.device("cuda")) == "kernels"  # the current device, 8.6
     assert attnlens.selected_backend(torch.device("cuda", 2)) == "kernels"

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gpu
 def test_bf16_forward(seqlen_q, seqlen_k, head_dim):
     q, k, v = make_qkv(2, 3, seqlen_q, seqlen_k, head_dim, torch.bfloat16)
     pad = torch.zeros(2, seqlen_k, dtype=torch.bool, device=q.device)
-    pad[1, seqlen_k // 2:] = True
+    pad[1, seqlen_k // 2 :] = True
     check_forward(q, k, v)
     check_forward(q, k, v, is_causal=True, causal_alignment="bottom_right", key_padding_mask=pad)
 
@@ -63,7 +63,7 @@ def test_inputs_past_two_to_the_31_elements():
 
 def _padding(batch, seqlen_k, device):
     pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=device)
-    pad[-1, seqlen_k // 2:] = True
+    pad[-1, seqlen_k // 2 :] = True
     return pad
 
 
@@ -73,8 +73,16 @@ def test_bf16_gradients(seqlen_q, seqlen_k, head_dim):
     """bf16 dQ, dK, dV against a float64 reference, 3x the bf16 reference's error + floor."""
     q, k, v = make_qkv(2, 3, seqlen_q, seqlen_k, head_dim, torch.bfloat16)
     check_grads(q, k, v)
-    check_grads(q, k, v, grad_weights=True, return_weights=True, is_causal=True, causal_alignment="bottom_right",
-                key_padding_mask=_padding(2, seqlen_k, q.device))
+    check_grads(
+        q,
+        k,
+        v,
+        grad_weights=True,
+        return_weights=True,
+        is_causal=True,
+        causal_alignment="bottom_right",
+        key_padding_mask=_padding(2, seqlen_k, q.device),
+    )
 
 
 def test_bf16_gradients_gqa_masks_mean_weights():
@@ -107,8 +115,13 @@ def _repeated_grads(dtype, shape, repeats, dropout_p=0.0):
     q, k, v = make_qkv(batch, heads_q, seqlen_q, seqlen_k, head_dim, dtype, heads_kv=heads_kv)
     grad_out = torch.randn_like(q)
     grad_weights = torch.randn(batch, seqlen_q, seqlen_k, device=q.device, dtype=dtype)
-    kwargs = dict(enable_gqa=True, is_causal=True, key_padding_mask=_padding(batch, seqlen_k, q.device),
-                  return_weights="mean", dropout_p=dropout_p)
+    kwargs = dict(
+        enable_gqa=True,
+        is_causal=True,
+        key_padding_mask=_padding(batch, seqlen_k, q.device),
+        return_weights="mean",
+        dropout_p=dropout_p,
+    )
     runs = []
     for _ in range(repeats):
         torch.manual_seed(1)
@@ -116,8 +129,9 @@ def _repeated_grads(dtype, shape, repeats, dropout_p=0.0):
     return runs
 
 
-@pytest.mark.parametrize("dtype,dropout_p", [(torch.float16, 0.0), (torch.bfloat16, 0.0), (torch.float16, 0.1),
-                                             (torch.float32, 0.0)])
+@pytest.mark.parametrize(
+    "dtype,dropout_p", [(torch.float16, 0.0), (torch.bfloat16, 0.0), (torch.float16, 0.1), (torch.float32, 0.0)]
+)
 def test_backward_deterministic_under_concurrency(dtype, dropout_p):
     """Many heads and blocks in flight at once (GQA 8:1, so each dK/dV program sums 8 heads):
     ten runs give bitwise-identical gradients."""
@@ -144,7 +158,7 @@ def test_descriptor_forward(dtype, seqlen_q, seqlen_k, head_dim):
 
     q, k, v = make_qkv(2, 4, seqlen_q, seqlen_k, head_dim, dtype, heads_kv=2)
     pad = torch.zeros(2, seqlen_k, dtype=torch.bool, device=q.device)
-    pad[1, seqlen_k // 2:] = True
+    pad[1, seqlen_k // 2 :] = True
     kwargs = dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right", key_padding_mask=pad)
     assert tma_eligible(q, k, v) == (torch.cuda.get_device_capability()[0] >= 9)
     with override_config("forward", tma=True):

@@ -48,10 +48,17 @@ WEIGHTS_ATOL = 5e-7
 ORACLE = "eager_float64_test_oracle"
 
 
-def float64_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                            value: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                            dropout: float = 0.0, scaling: Optional[float] = None,
-                            position_bias: Optional[torch.Tensor] = None, **kwargs: Any):
+def float64_eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    position_bias: Optional[torch.Tensor] = None,
+    **kwargs: Any,
+):
     """Eager attention without the float32 softmax some models' eager code casts to (a float32
     cast turns the float64 mask minimum into -inf and fully masked rows into NaN)."""
     groups = query.shape[1] // key.shape[1]
@@ -94,11 +101,19 @@ def calls(monkeypatch) -> List[Call]:
     recorded: List[Call] = []
     original = hf.scaled_dot_product_attention
 
-    def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-            enable_gqa=False, **kwargs):
-        recorded.append(Call(attnlens.selected_backend(query.device), attn_mask, kwargs.get("key_padding_mask"),
-                             is_causal, kwargs.get("causal_alignment", "top_left"), enable_gqa, dropout_p,
-                             kwargs.get("return_weights", False)))
+    def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, **kwargs):
+        recorded.append(
+            Call(
+                attnlens.selected_backend(query.device),
+                attn_mask,
+                kwargs.get("key_padding_mask"),
+                is_causal,
+                kwargs.get("causal_alignment", "top_left"),
+                enable_gqa,
+                dropout_p,
+                kwargs.get("return_weights", False),
+            )
+        )
         return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, **kwargs)
 
     monkeypatch.setattr(hf, "scaled_dot_product_attention", spy)
@@ -106,29 +121,56 @@ def calls(monkeypatch) -> List[Call]:
 
 
 def bert() -> BertConfig:
-    return BertConfig(vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
-                      intermediate_size=64, max_position_embeddings=32)
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
 
 
 def gpt2() -> GPT2Config:
-    return GPT2Config(vocab_size=VOCAB, n_embd=32, n_head=2, n_layer=2, n_positions=32,
-                      bos_token_id=0, eos_token_id=0)
+    return GPT2Config(vocab_size=VOCAB, n_embd=32, n_head=2, n_layer=2, n_positions=32, bos_token_id=0, eos_token_id=0)
 
 
 def llama() -> LlamaConfig:  # grouped-query attention: 4 query heads share 2 key/value heads
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                       num_hidden_layers=2, intermediate_size=64, max_position_embeddings=32)
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
 
 
 def mistral() -> MistralConfig:  # a sliding window shorter than the sequence
-    return MistralConfig(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                         num_hidden_layers=1, intermediate_size=64, max_position_embeddings=32,
-                         sliding_window=4)
+    return MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        sliding_window=4,
+    )
 
 
 def t5() -> T5Config:  # relative position bias added to the scores
-    return T5Config(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=64, num_heads=2, num_layers=1,
-                    relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    return T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_heads=2,
+        num_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    )
 
 
 CONFIGS = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": mistral, "t5": t5}
@@ -158,7 +200,7 @@ def padded_batch(padding: str, batch: int = 3, seqlen: int = 9):
         if padding == "left":
             attention_mask[row, :pads] = 0
         elif padding == "right":
-            attention_mask[row, seqlen - pads:] = 0
+            attention_mask[row, seqlen - pads :] = 0
     return input_ids, attention_mask
 
 
@@ -167,8 +209,9 @@ def run(model: torch.nn.Module, input_ids, attention_mask, **kwargs):
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def compared_queries(name: str, padding: str, input_ids: torch.Tensor,
-                     attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def compared_queries(
+    name: str, padding: str, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]
+) -> torch.Tensor:
     """bool [B, N]: the query positions where attnlens and eager must agree (all but the left
     padding of a causal model, whose rows have nothing to attend to)."""
     if name in CAUSAL and padding == "left":
@@ -176,17 +219,27 @@ def compared_queries(name: str, padding: str, input_ids: torch.Tensor,
     return torch.ones_like(input_ids, dtype=torch.bool)
 
 
-def check_pair(what: str, actual: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor, atol: float,
-               measured: Dict[str, float]) -> None:
+def check_pair(
+    what: str, actual: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor, atol: float, measured: Dict[str, float]
+) -> None:
     assert_rule(what, actual, exact, eager)
     error = max_error(actual, eager)
     measured[what] = max(measured.get(what, 0.0), error)
     assert error <= atol, f"{what}: attnlens vs eager {error:.3g} > {atol}; {describe_worst(actual, eager)}"
 
 
-PARITY_CASES = [("bert", "right"), ("bert", "left"), ("gpt2", "right"), ("gpt2", "left"),
-                ("llama", "none"), ("llama", "right"), ("llama", "left"), ("llama", "packed"),
-                ("mistral", "left"), ("t5", "right")]
+PARITY_CASES = [
+    ("bert", "right"),
+    ("bert", "left"),
+    ("gpt2", "right"),
+    ("gpt2", "left"),
+    ("llama", "none"),
+    ("llama", "right"),
+    ("llama", "left"),
+    ("llama", "packed"),
+    ("mistral", "left"),
+    ("t5", "right"),
+]
 
 
 def packed_batch(seqlen: int = 9):
@@ -217,15 +270,23 @@ def test_outputs_and_attentions_match_eager(name, padding, calls):
     assert all(call.return_weights is True for call in calls)
     queries = compared_queries(name, padding, input_ids, attention_mask)
     measured: Dict[str, float] = {}
-    check_pair("hidden states", got.last_hidden_state[queries], expected.last_hidden_state[queries],
-               exact_out.last_hidden_state[queries], HIDDEN_ATOL, measured)
+    check_pair(
+        "hidden states",
+        got.last_hidden_state[queries],
+        expected.last_hidden_state[queries],
+        exact_out.last_hidden_state[queries],
+        HIDDEN_ATOL,
+        measured,
+    )
     assert len(got.attentions) == len(expected.attentions) == layers
     for layer, (weights, eager_weights, exact_weights) in enumerate(
-            zip(got.attentions, expected.attentions, exact_out.attentions)):
+        zip(got.attentions, expected.attentions, exact_out.attentions)
+    ):
         assert weights.shape == eager_weights.shape
         rows = queries[:, None, :].expand(weights.shape[:3])
-        check_pair(f"layer {layer} weights", weights[rows], eager_weights[rows], exact_weights[rows],
-                   WEIGHTS_ATOL, measured)
+        check_pair(
+            f"layer {layer} weights", weights[rows], eager_weights[rows], exact_weights[rows], WEIGHTS_ATOL, measured
+        )
         # A query with nothing to attend to gets weights 0, not eager's uniform row.
         assert torch.equal(weights[~rows], torch.zeros_like(weights[~rows]))
     if padding == "packed":  # the second sequence never attends to the first
@@ -263,13 +324,16 @@ def test_without_output_attentions_no_weights_are_computed(calls):
     assert max_error(got.last_hidden_state, expected.last_hidden_state) <= HIDDEN_ATOL
 
 
-@pytest.mark.parametrize("name,padding,expect", [
-    ("bert", "left", dict(dense=False, padding=True, is_causal=False)),
-    ("bert", "none", dict(dense=False, padding=False, is_causal=False)),
-    ("llama", "left", dict(dense=False, padding=True, is_causal=True)),
-    ("llama", "none", dict(dense=False, padding=False, is_causal=True)),
-    ("mistral", "none", dict(dense=True, padding=False, is_causal=False)),  # the window needs the mask
-])
+@pytest.mark.parametrize(
+    "name,padding,expect",
+    [
+        ("bert", "left", dict(dense=False, padding=True, is_causal=False)),
+        ("bert", "none", dict(dense=False, padding=False, is_causal=False)),
+        ("llama", "left", dict(dense=False, padding=True, is_causal=True)),
+        ("llama", "none", dict(dense=False, padding=False, is_causal=True)),
+        ("mistral", "none", dict(dense=True, padding=False, is_causal=False)),  # the window needs the mask
+    ],
+)
 def test_masks_reach_the_kernels_as_padding_and_causal_flags(name, padding, expect, calls):
     """Padding and causality arrive as key_padding_mask and is_causal, which let the kernels skip
     masked key blocks; only patterns they cannot express (a sliding window) arrive as a dense mask."""
@@ -295,16 +359,23 @@ def test_decoding_with_a_cache_matches_eager(calls):
     for start, end in steps:
         outputs = {}
         for model in (eager, lens):
-            out = run(model, input_ids[:, start:end], attention_mask[:, :end],
-                      past_key_values=caches[id(model)], use_cache=True)
+            out = run(
+                model,
+                input_ids[:, start:end],
+                attention_mask[:, :end],
+                past_key_values=caches[id(model)],
+                use_cache=True,
+            )
             caches[id(model)] = out.past_key_values
             outputs[id(model)] = out.last_hidden_state
         valid = attention_mask[:, start:end].bool()
         error = max_error(outputs[id(lens)][valid], outputs[id(eager)][valid])
         assert error <= HIDDEN_ATOL, f"tokens {start}:{end}: {error:.3g}"
     chunk_calls = calls[2:4]
-    assert all(c.is_causal and c.causal_alignment == "bottom_right" and c.attn_mask is None
-               and c.key_padding_mask is not None for c in chunk_calls), chunk_calls
+    assert all(
+        c.is_causal and c.causal_alignment == "bottom_right" and c.attn_mask is None and c.key_padding_mask is not None
+        for c in chunk_calls
+    ), chunk_calls
     assert all(c.backend == "kernels" for c in calls)
 
 
@@ -350,12 +421,15 @@ class _Layer(torch.nn.Module):
     is_causal = True
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(softcap=30.0), "soft-capping"),
-    (dict(s_aux=torch.zeros(2)), "sinks"),
-    (dict(head_mask=torch.ones(2)), "head_mask"),
-    (dict(sliding_window=2), "sliding_window"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(softcap=30.0), "soft-capping"),
+        (dict(s_aux=torch.zeros(2)), "sinks"),
+        (dict(head_mask=torch.ones(2)), "head_mask"),
+        (dict(sliding_window=2), "sliding_window"),
+    ],
+)
 def test_unsupported_features_raise(kwargs, message):
     query = torch.randn(1, 2, 4, 8, device=DEVICE)
     with pytest.raises(NotImplementedError, match=message):
@@ -385,7 +459,8 @@ def test_float_and_bool_masks_are_taken_as_transformers_means_them():
     out_bool, weights_bool = hf.attention_forward(layer, query, key, value, allowed, output_attentions=True)
     out_float, weights_float = hf.attention_forward(layer, query, key, value, additive, output_attentions=True)
     expected_out, expected_weights = attnlens.reference.scaled_dot_product_attention(
-        query, key, value, attn_mask=allowed, return_weights=True)
+        query, key, value, attn_mask=allowed, return_weights=True
+    )
     for out, weights in ((out_bool, weights_bool), (out_float, weights_float)):
         assert out.shape == (2, 3, 2, 8)
         assert max_error(out, expected_out.transpose(1, 2)) <= 1e-6

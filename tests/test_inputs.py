@@ -12,8 +12,11 @@ B, H, NQ, NK, D = 2, 4, 5, 7, 8
 
 
 def qkv(dtype=torch.float32):
-    return (torch.randn(B, H, NQ, D, dtype=dtype), torch.randn(B, H, NK, D, dtype=dtype),
-            torch.randn(B, H, NK, D, dtype=dtype))
+    return (
+        torch.randn(B, H, NQ, D, dtype=dtype),
+        torch.randn(B, H, NK, D, dtype=dtype),
+        torch.randn(B, H, NK, D, dtype=dtype),
+    )
 
 
 def _call(backend, *args, **kwargs):
@@ -32,30 +35,66 @@ CASES = [
     ("batch mismatch", lambda q, k, v: ((q, k[:1], v[:1]), {}), ValueError, ["batch size", "(1, 4, 7, 8)"]),
     ("head dim mismatch", lambda q, k, v: ((q, k[..., :4], v), {}), ValueError, ["key head dim", "8"]),
     ("value length", lambda q, k, v: ((q, k, v[:, :, :3]), {}), ValueError, ["value", "(2, 4, 3, 8)"]),
-    ("head dim over 256", lambda q, k, v: ((torch.randn(1, 1, 2, 257),) * 3, {}), ValueError,
-     ["head dim", "256", "257"]),
+    (
+        "head dim over 256",
+        lambda q, k, v: ((torch.randn(1, 1, 2, 257),) * 3, {}),
+        ValueError,
+        ["head dim", "256", "257"],
+    ),
     ("gqa without flag", lambda q, k, v: ((q, k[:, :2], v[:, :2]), {}), ValueError, ["enable_gqa", "4", "2"]),
-    ("gqa not a multiple", lambda q, k, v: ((q, k[:, :3], v[:, :3]), {"enable_gqa": True}), ValueError,
-     ["multiple", "4", "3"]),
+    (
+        "gqa not a multiple",
+        lambda q, k, v: ((q, k[:, :3], v[:, :3]), {"enable_gqa": True}),
+        ValueError,
+        ["multiple", "4", "3"],
+    ),
     ("dropout negative", lambda q, k, v: ((q, k, v), {"dropout_p": -0.1}), ValueError, ["dropout_p", "-0.1"]),
     ("dropout string", lambda q, k, v: ((q, k, v), {"dropout_p": "0.1"}), TypeError, ["dropout_p", "str"]),
     ("is_causal int", lambda q, k, v: ((q, k, v), {"is_causal": 1}), TypeError, ["is_causal", "int"]),
     ("scale string", lambda q, k, v: ((q, k, v), {"scale": "x"}), TypeError, ["scale", "str"]),
     ("scale nan", lambda q, k, v: ((q, k, v), {"scale": float("nan")}), ValueError, ["scale", "nan"]),
-    ("alignment", lambda q, k, v: ((q, k, v), {"causal_alignment": "bottom"}), ValueError,
-     ["causal_alignment", "'bottom'", "bottom_right"]),
-    ("return_weights value", lambda q, k, v: ((q, k, v), {"return_weights": "max"}), ValueError,
-     ["return_weights", "'max'", "mean"]),
-    ("mask wrong shape", lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(NQ, NK + 1, dtype=torch.bool)}),
-     ValueError, ["attn_mask", "(5, 8)", "[2, 4, 5, 7]"]),
-    ("mask 5-D", lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(1, B, H, NQ, NK, dtype=torch.bool)}),
-     ValueError, ["attn_mask", "at most 4"]),
-    ("mask int", lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(NQ, NK, dtype=torch.int64)}),
-     TypeError, ["attn_mask", "int64", "bool"]),
-    ("padding float", lambda q, k, v: ((q, k, v), {"key_padding_mask": torch.zeros(B, NK)}), TypeError,
-     ["key_padding_mask", "float32", "bool"]),
-    ("padding shape", lambda q, k, v: ((q, k, v), {"key_padding_mask": torch.zeros(B, NQ, dtype=torch.bool)}),
-     ValueError, ["key_padding_mask", "[2, 7]", "(2, 5)"]),
+    (
+        "alignment",
+        lambda q, k, v: ((q, k, v), {"causal_alignment": "bottom"}),
+        ValueError,
+        ["causal_alignment", "'bottom'", "bottom_right"],
+    ),
+    (
+        "return_weights value",
+        lambda q, k, v: ((q, k, v), {"return_weights": "max"}),
+        ValueError,
+        ["return_weights", "'max'", "mean"],
+    ),
+    (
+        "mask wrong shape",
+        lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(NQ, NK + 1, dtype=torch.bool)}),
+        ValueError,
+        ["attn_mask", "(5, 8)", "[2, 4, 5, 7]"],
+    ),
+    (
+        "mask 5-D",
+        lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(1, B, H, NQ, NK, dtype=torch.bool)}),
+        ValueError,
+        ["attn_mask", "at most 4"],
+    ),
+    (
+        "mask int",
+        lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(NQ, NK, dtype=torch.int64)}),
+        TypeError,
+        ["attn_mask", "int64", "bool"],
+    ),
+    (
+        "padding float",
+        lambda q, k, v: ((q, k, v), {"key_padding_mask": torch.zeros(B, NK)}),
+        TypeError,
+        ["key_padding_mask", "float32", "bool"],
+    ),
+    (
+        "padding shape",
+        lambda q, k, v: ((q, k, v), {"key_padding_mask": torch.zeros(B, NQ, dtype=torch.bool)}),
+        ValueError,
+        ["key_padding_mask", "[2, 7]", "(2, 5)"],
+    ),
 ]
 
 
@@ -98,6 +137,7 @@ def test_device_mismatch_is_named():
 def test_masks_are_never_copied_or_cast():
     """A broadcast mask reaches the kernel as a stride-0 view of the caller's memory."""
     from attnlens._inputs import prepare
+
     mask = torch.rand(NQ, NK) > 0.5
     p = prepare(*qkv(), attn_mask=mask)
     assert p.attn_mask.shape == (B, H, NQ, NK)
@@ -128,6 +168,7 @@ def test_dropout_mask_runs_batch_times_heads_on_the_unlimited_grid_axis(monkeypa
     passes 65535 far sooner than batch or heads alone (4096 x 16 does), so it runs on grid axis 0,
     whose limit is 2**31 - 1; the other axes hold the tiles."""
     from attnlens.kernels import forward
+
     grids = []
 
     class Recorder:

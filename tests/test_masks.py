@@ -10,14 +10,10 @@ from attnlens.masks import Masks, causal_mask, create_masks, mask_future_tokens,
 T, F = True, False
 
 # Two source and two target sequences with padding (PAD_ID = 0) of different amounts.
-SRC = torch.tensor([[5, 6, 7, 0, 0],
-                    [8, 9, 3, 4, 5]])
-TGT = torch.tensor([[1, 7, 6, 5, 0, 0],
-                    [1, 5, 0, 0, 0, 0]])
-SRC_PADDING = torch.tensor([[F, F, F, T, T],
-                            [F, F, F, F, F]])
-TGT_PADDING = torch.tensor([[F, F, F, F, T, T],
-                            [F, F, T, T, T, T]])
+SRC = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 3, 4, 5]])
+TGT = torch.tensor([[1, 7, 6, 5, 0, 0], [1, 5, 0, 0, 0, 0]])
+SRC_PADDING = torch.tensor([[F, F, F, T, T], [F, F, F, F, F]])
+TGT_PADDING = torch.tensor([[F, F, F, F, T, T], [F, F, T, T, T, T]])
 
 
 def hand_causal(n: int) -> torch.Tensor:
@@ -27,11 +23,9 @@ def hand_causal(n: int) -> torch.Tensor:
 
 # --- causal_mask / mask_future_tokens -------------------------------------------------------------
 
+
 def test_causal_mask_is_lower_triangle_including_diagonal():
-    expected = torch.tensor([[T, F, F, F],
-                             [T, T, F, F],
-                             [T, T, T, F],
-                             [T, T, T, T]])
+    expected = torch.tensor([[T, F, F, F], [T, T, F, F], [T, T, T, F], [T, T, T, T]])
     mask = causal_mask(4)
     assert mask.dtype == torch.bool
     assert torch.equal(mask, expected)
@@ -74,6 +68,7 @@ def test_integer_token_dtypes_are_accepted(dtype):
 
 # --- padding_mask ---------------------------------------------------------------------------------
 
+
 def test_padding_mask_marks_pad_positions_true():
     assert torch.equal(padding_mask(SRC), SRC_PADDING)
     assert torch.equal(padding_mask(TGT), TGT_PADDING)
@@ -91,6 +86,7 @@ def test_padding_mask_default_pad_id_is_data_pad_id():
 
 
 # --- create_masks ---------------------------------------------------------------------------------
+
 
 def test_create_masks_fields():
     masks = create_masks(SRC, TGT)
@@ -115,18 +111,26 @@ def test_combined_tgt_mask_by_hand():
     assert combined.shape == (2, 1, 6, 6)
     assert combined.dtype == torch.bool
     # Sequence 0: keys 4 and 5 are padding; sequence 1: keys 2..5 are padding.
-    expected0 = torch.tensor([[T, F, F, F, F, F],
-                              [T, T, F, F, F, F],
-                              [T, T, T, F, F, F],
-                              [T, T, T, T, F, F],
-                              [T, T, T, T, F, F],
-                              [T, T, T, T, F, F]])
-    expected1 = torch.tensor([[T, F, F, F, F, F],
-                              [T, T, F, F, F, F],
-                              [T, T, F, F, F, F],
-                              [T, T, F, F, F, F],
-                              [T, T, F, F, F, F],
-                              [T, T, F, F, F, F]])
+    expected0 = torch.tensor(
+        [
+            [T, F, F, F, F, F],
+            [T, T, F, F, F, F],
+            [T, T, T, F, F, F],
+            [T, T, T, T, F, F],
+            [T, T, T, T, F, F],
+            [T, T, T, T, F, F],
+        ]
+    )
+    expected1 = torch.tensor(
+        [
+            [T, F, F, F, F, F],
+            [T, T, F, F, F, F],
+            [T, T, F, F, F, F],
+            [T, T, F, F, F, F],
+            [T, T, F, F, F, F],
+            [T, T, F, F, F, F],
+        ]
+    )
     assert torch.equal(combined[0, 0], expected0)
     assert torch.equal(combined[1, 0], expected1)
 
@@ -143,33 +147,42 @@ def test_combined_tgt_mask_equals_elementwise_definition():
 
 # --- errors ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: causal_mask(-1), ValueError, "n must be >= 0"),
-    (lambda: causal_mask(2.0), TypeError, "n must be an int"),
-    (lambda: causal_mask(True), TypeError, "n must be an int"),
-    (lambda: causal_mask(torch.tensor(3)), TypeError, "n must be an int"),
-    (lambda: mask_future_tokens([[1, 2]]), TypeError, "batch must be a torch.Tensor"),
-    (lambda: mask_future_tokens(torch.zeros(2, 3)), TypeError, "batch must hold integer token ids"),
-    (lambda: mask_future_tokens(torch.zeros(2, 3, dtype=torch.bool)), TypeError, "batch must hold integer"),
-    (lambda: mask_future_tokens(torch.tensor(3)), ValueError, r"batch must be \[B, N\] or \[N\], got shape \(\)"),
-    (lambda: mask_future_tokens(torch.zeros(2, 3, 4, dtype=torch.long)), ValueError, "batch must be"),
-    (lambda: padding_mask(torch.zeros(2, 3)), TypeError, "tokens must hold integer token ids"),
-    (lambda: padding_mask(torch.zeros(3, dtype=torch.long)), ValueError, r"tokens must be \[B, N\], got shape \(3,\)"),
-    (lambda: padding_mask(SRC, pad_id=0.0), TypeError, "pad_id must be an int"),
-    (lambda: padding_mask("abc"), TypeError, "tokens must be a torch.Tensor"),
-    (lambda: create_masks(SRC.float(), TGT), TypeError, "src must hold integer token ids"),
-    (lambda: create_masks(SRC, TGT.double()), TypeError, "tgt must hold integer token ids"),
-    (lambda: create_masks(SRC[0], TGT), ValueError, r"src must be \[B, Ns\]"),
-    (lambda: create_masks(SRC, TGT[None]), ValueError, r"tgt must be \[B, Nt\]"),
-    (lambda: create_masks(SRC, TGT[:1]), ValueError, r"same batch size, got src \(2, 5\) and tgt \(1, 6\)"),
-    (lambda: create_masks(SRC, TGT, pad_id=None), TypeError, "pad_id must be an int"),
-])
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: causal_mask(-1), ValueError, "n must be >= 0"),
+        (lambda: causal_mask(2.0), TypeError, "n must be an int"),
+        (lambda: causal_mask(True), TypeError, "n must be an int"),
+        (lambda: causal_mask(torch.tensor(3)), TypeError, "n must be an int"),
+        (lambda: mask_future_tokens([[1, 2]]), TypeError, "batch must be a torch.Tensor"),
+        (lambda: mask_future_tokens(torch.zeros(2, 3)), TypeError, "batch must hold integer token ids"),
+        (lambda: mask_future_tokens(torch.zeros(2, 3, dtype=torch.bool)), TypeError, "batch must hold integer"),
+        (lambda: mask_future_tokens(torch.tensor(3)), ValueError, r"batch must be \[B, N\] or \[N\], got shape \(\)"),
+        (lambda: mask_future_tokens(torch.zeros(2, 3, 4, dtype=torch.long)), ValueError, "batch must be"),
+        (lambda: padding_mask(torch.zeros(2, 3)), TypeError, "tokens must hold integer token ids"),
+        (
+            lambda: padding_mask(torch.zeros(3, dtype=torch.long)),
+            ValueError,
+            r"tokens must be \[B, N\], got shape \(3,\)",
+        ),
+        (lambda: padding_mask(SRC, pad_id=0.0), TypeError, "pad_id must be an int"),
+        (lambda: padding_mask("abc"), TypeError, "tokens must be a torch.Tensor"),
+        (lambda: create_masks(SRC.float(), TGT), TypeError, "src must hold integer token ids"),
+        (lambda: create_masks(SRC, TGT.double()), TypeError, "tgt must hold integer token ids"),
+        (lambda: create_masks(SRC[0], TGT), ValueError, r"src must be \[B, Ns\]"),
+        (lambda: create_masks(SRC, TGT[None]), ValueError, r"tgt must be \[B, Nt\]"),
+        (lambda: create_masks(SRC, TGT[:1]), ValueError, r"same batch size, got src \(2, 5\) and tgt \(1, 6\)"),
+        (lambda: create_masks(SRC, TGT, pad_id=None), TypeError, "pad_id must be an int"),
+    ],
+)
 def test_errors_name_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
 
 
 # --- with the attention function ------------------------------------------------------------------
+
 
 def manual_attention(q, k, v, allowed):
     """Eager float64 softmax attention with a bool allowed mask (True = attend)."""
@@ -188,15 +201,21 @@ def test_masks_drive_scaled_dot_product_attention():
 
     # Decoder self-attention: causal mask as attn_mask plus padding mask as key_padding_mask ...
     out, weights = attnlens.scaled_dot_product_attention(
-        q, k_self, v_self, attn_mask=masks.tgt_causal_mask,
-        key_padding_mask=masks.tgt_key_padding_mask, return_weights=True)
+        q,
+        k_self,
+        v_self,
+        attn_mask=masks.tgt_causal_mask,
+        key_padding_mask=masks.tgt_key_padding_mask,
+        return_weights=True,
+    )
     # ... equals the combined mask alone, and a hand-built mask in eager float64.
     out_combined, weights_combined = attnlens.scaled_dot_product_attention(
-        q, k_self, v_self, attn_mask=masks.combined_tgt_mask(), return_weights=True)
+        q, k_self, v_self, attn_mask=masks.combined_tgt_mask(), return_weights=True
+    )
     hand_allowed = torch.zeros(batch, 1, nt, nt, dtype=torch.bool)
     for b, length in enumerate([4, 2]):  # unpadded target lengths of TGT
         for i in range(nt):
-            hand_allowed[b, 0, i, :min(i + 1, length)] = True
+            hand_allowed[b, 0, i, : min(i + 1, length)] = True
     expected_out, expected_weights = manual_attention(q, k_self, v_self, hand_allowed)
     for actual in (out, out_combined):
         torch.testing.assert_close(actual.double(), expected_out, atol=1e-5, rtol=1e-5)
@@ -207,7 +226,8 @@ def test_masks_drive_scaled_dot_product_attention():
 
     # Cross-attention: target queries over source keys, source padding ignored.
     out_cross, weights_cross = attnlens.scaled_dot_product_attention(
-        q, k_cross, v_cross, key_padding_mask=masks.src_key_padding_mask, return_weights=True)
+        q, k_cross, v_cross, key_padding_mask=masks.src_key_padding_mask, return_weights=True
+    )
     cross_allowed = ~SRC_PADDING[:, None, None, :].expand(batch, 1, nt, ns)
     expected_cross, expected_cross_weights = manual_attention(q, k_cross, v_cross, cross_allowed)
     torch.testing.assert_close(out_cross.double(), expected_cross, atol=1e-5, rtol=1e-5)

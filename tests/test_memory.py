@@ -20,15 +20,16 @@ from torch.profiler import ProfilerActivity, profile
 import attnlens
 from helpers import DEVICE
 
-pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU allocator profiling; bench/ measures "
-                                "the GPU's peak memory")
+pytestmark = pytest.mark.skipif(
+    DEVICE.type != "cpu", reason="CPU allocator profiling; bench/ measures the GPU's peak memory"
+)
 
 B, H, NQ, NK, D = 1, 3, 131, 137, 8
 DTYPE = torch.float32
 ELEMENT = torch.finfo(DTYPE).bits // 8
-SCORES = NQ * NK * ELEMENT            # one head's N x N, in bytes
-PER_HEAD = B * H * SCORES             # per-head weights
-MEAN = B * SCORES                     # head-averaged weights
+SCORES = NQ * NK * ELEMENT  # one head's N x N, in bytes
+PER_HEAD = B * H * SCORES  # per-head weights
+MEAN = B * SCORES  # head-averaged weights
 
 
 def allocations(fn: Callable[[], object]) -> List[int]:
@@ -39,13 +40,12 @@ def allocations(fn: Callable[[], object]) -> List[int]:
 
 
 def _inputs(requires_grad=False):
-    return tuple(torch.randn(B, H, n, D, dtype=DTYPE, device=DEVICE, requires_grad=requires_grad)
-                 for n in (NQ, NK, NK))
+    return tuple(torch.randn(B, H, n, D, dtype=DTYPE, device=DEVICE, requires_grad=requires_grad) for n in (NQ, NK, NK))
 
 
 def _padding():
     pad = torch.zeros(B, NK, dtype=torch.bool, device=DEVICE)
-    pad[:, NK - 20:] = True
+    pad[:, NK - 20 :] = True
     return pad
 
 
@@ -76,8 +76,7 @@ def test_the_forward_allocates_no_n_by_n_tensor_without_weights(call):
 def test_with_weights_only_the_weights_are_allocated(call, mode, expected):
     """``return_weights="mean"`` allocates the average alone: per-head weights never exist."""
     q, k, v = _inputs()
-    sizes = allocations(lambda: attnlens.scaled_dot_product_attention(q, k, v, return_weights=mode,
-                                                                      **CALLS[call]))
+    sizes = allocations(lambda: attnlens.scaled_dot_product_attention(q, k, v, return_weights=mode, **CALLS[call]))
     assert _at_least_scores(sizes) == [expected], f"expected one {expected} B allocation, got {sizes[:5]}"
 
 
@@ -109,12 +108,13 @@ def test_the_drop_in_module_allocates_only_the_weights_it_returns(average):
     mha = attnlens.MultiHeadAttention(H * D, H, batch_first=True)
     x = torch.randn(B, NQ, H * D, device=DEVICE)
     pad = torch.zeros(B, NQ, dtype=torch.bool, device=DEVICE)
-    pad[:, NQ - 9:] = True
+    pad[:, NQ - 9 :] = True
     causal = torch.ones(NQ, NQ, dtype=torch.bool, device=DEVICE).triu(1)  # True = not allowed, as torch's
     one_head = NQ * NQ * ELEMENT
     with torch.no_grad():
-        sizes = allocations(lambda: mha(x, x, x, key_padding_mask=pad, attn_mask=causal, is_causal=True,
-                                        average_attn_weights=average))
+        sizes = allocations(
+            lambda: mha(x, x, x, key_padding_mask=pad, attn_mask=causal, is_causal=True, average_attn_weights=average)
+        )
         without = allocations(lambda: mha(x, x, x, key_padding_mask=pad, need_weights=False))
     expected = B * one_head * (1 if average else H)
     assert _at_least_scores(sizes, one_head) == [expected], sizes[:5]

@@ -37,12 +37,12 @@ def one_thread():
 
 def _padded_batch(batch=3, length=6, d_model=D_MODEL, lengths=(6, 4, 1), dtype=torch.float64):
     x = torch.randn(batch, length, d_model, dtype=dtype)
-    pad = torch.arange(length)[None, :] >= torch.tensor(lengths)[:, None]     # True = padding
+    pad = torch.arange(length)[None, :] >= torch.tensor(lengths)[:, None]  # True = padding
     return x, pad
 
 
 def _torch_causal(n):
-    return torch.ones(n, n, dtype=torch.bool).triu(1)                          # True = not allowed
+    return torch.ones(n, n, dtype=torch.bool).triu(1)  # True = not allowed
 
 
 def _manual_weights(mha, query, key, key_padding=None, blocked=None):
@@ -66,10 +66,16 @@ def _manual_weights(mha, query, key, key_padding=None, blocked=None):
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_encoder_layer_matches_torch(reference_backend, norm_first):
-    theirs = nn.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True,
-                                        norm_first=norm_first).double().eval()
-    ours = attnlens.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True,
-                                            norm_first=norm_first).double().eval()
+    theirs = (
+        nn.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True, norm_first=norm_first)
+        .double()
+        .eval()
+    )
+    ours = (
+        attnlens.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True, norm_first=norm_first)
+        .double()
+        .eval()
+    )
     ours.load_state_dict(theirs.state_dict(), strict=True)
     assert isinstance(ours.self_attn, attnlens.modules.MultiHeadAttention)
     x, pad = _padded_batch()
@@ -80,17 +86,30 @@ def test_encoder_layer_matches_torch(reference_backend, norm_first):
         got = ours(x, **kwargs)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     # is_causal=True without a mask builds the causal mask (torch would need src_mask)
-    torch.testing.assert_close(ours(x, src_key_padding_mask=pad, is_causal=True),
-                               theirs(x, src_mask=causal, src_key_padding_mask=pad, is_causal=True),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        ours(x, src_key_padding_mask=pad, is_causal=True),
+        theirs(x, src_mask=causal, src_key_padding_mask=pad, is_causal=True),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_decoder_layer_matches_torch(reference_backend, norm_first):
-    theirs = nn.TransformerDecoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True, activation="gelu",
-                                        norm_first=norm_first).double().eval()
-    ours = attnlens.TransformerDecoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True,
-                                            activation="gelu", norm_first=norm_first).double().eval()
+    theirs = (
+        nn.TransformerDecoderLayer(
+            D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True, activation="gelu", norm_first=norm_first
+        )
+        .double()
+        .eval()
+    )
+    ours = (
+        attnlens.TransformerDecoderLayer(
+            D_MODEL, NHEAD, DIM_FF, dropout=0.1, batch_first=True, activation="gelu", norm_first=norm_first
+        )
+        .double()
+        .eval()
+    )
     ours.load_state_dict(theirs.state_dict(), strict=True)
     tgt, tgt_pad = _padded_batch(length=5, lengths=(5, 3, 2))
     memory, memory_pad = _padded_batch(length=7, lengths=(7, 2, 5))
@@ -106,15 +125,16 @@ def test_layers_are_batch_first_false_by_default_like_torch(reference_backend):
     theirs = nn.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF).double().eval()
     ours = attnlens.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF).double().eval()
     ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(6, 2, D_MODEL, dtype=torch.float64, requires_grad=True)   # [N, B, E]
+    x = torch.randn(6, 2, D_MODEL, dtype=torch.float64, requires_grad=True)  # [N, B, E]
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
 
 
 def test_pre_and_post_norm_differ_and_follow_their_formulas(reference_backend):
     x, pad = _padded_batch(lengths=(6, 6, 6))
     post = attnlens.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.0, batch_first=True).double()
-    pre = attnlens.TransformerEncoderLayer(D_MODEL, NHEAD, DIM_FF, dropout=0.0, batch_first=True,
-                                           norm_first=True).double()
+    pre = attnlens.TransformerEncoderLayer(
+        D_MODEL, NHEAD, DIM_FF, dropout=0.0, batch_first=True, norm_first=True
+    ).double()
     pre.load_state_dict(post.state_dict())
 
     def sa(layer, h):
@@ -142,7 +162,7 @@ def test_encoder_layer_weights_are_the_attention_probabilities(reference_backend
     torch.testing.assert_close(out, layer(x, src_key_padding_mask=pad))
     expected = _manual_weights(layer.self_attn, layer.norm1(x), layer.norm1(x), key_padding=pad)
     torch.testing.assert_close(weights, expected)
-    assert torch.all(weights.masked_select(pad[:, None, None, :].expand_as(weights)) == 0)   # padding keys get 0
+    assert torch.all(weights.masked_select(pad[:, None, None, :].expand_as(weights)) == 0)  # padding keys get 0
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, NHEAD, 6, dtype=torch.float64))
 
 
@@ -150,8 +170,14 @@ def test_decoder_layer_weights_causal_and_padding(reference_backend):
     layer = attnlens.TransformerDecoderLayer(D_MODEL, NHEAD, DIM_FF, batch_first=True).double().eval()
     tgt, tgt_pad = _padded_batch(length=5, lengths=(5, 3, 2))
     memory, memory_pad = _padded_batch(length=7, lengths=(7, 2, 5))
-    out, weights = layer(tgt, memory, tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=memory_pad,
-                         tgt_is_causal=True, need_weights=True)
+    out, weights = layer(
+        tgt,
+        memory,
+        tgt_key_padding_mask=tgt_pad,
+        memory_key_padding_mask=memory_pad,
+        tgt_is_causal=True,
+        need_weights=True,
+    )
     assert isinstance(weights, attnlens.DecoderWeights)
     assert weights.self_attn.shape == (3, NHEAD, 5, 5) and weights.cross_attn.shape == (3, NHEAD, 5, 7)
     above_diagonal = torch.ones(5, 5, dtype=torch.bool).triu(1)
@@ -159,10 +185,13 @@ def test_decoder_layer_weights_causal_and_padding(reference_backend):
     assert torch.all(weights.self_attn[..., tgt_pad[:, None, None, :].expand(3, NHEAD, 5, 5)] == 0)
     assert torch.all(weights.cross_attn[memory_pad[:, None, None, :].expand(3, NHEAD, 5, 7)] == 0)
     # post-norm: cross-attention reads norm1(tgt + SA(tgt)); check its weights by hand
-    h = layer.norm1(tgt + layer.self_attn(tgt, tgt, tgt, attn_mask=_torch_causal(5), key_padding_mask=tgt_pad,
-                                          need_weights=False)[0])
-    torch.testing.assert_close(weights.cross_attn,
-                               _manual_weights(layer.multihead_attn, h, memory, key_padding=memory_pad))
+    h = layer.norm1(
+        tgt
+        + layer.self_attn(tgt, tgt, tgt, attn_mask=_torch_causal(5), key_padding_mask=tgt_pad, need_weights=False)[0]
+    )
+    torch.testing.assert_close(
+        weights.cross_attn, _manual_weights(layer.multihead_attn, h, memory, key_padding=memory_pad)
+    )
     # query 0 can only see key 0
     torch.testing.assert_close(weights.self_attn[:, :, 0, 0], torch.ones(3, NHEAD, dtype=torch.float64))
 
@@ -179,8 +208,9 @@ def _tokens(batch, lengths, width, vocab=12, generator=None):
 @pytest.mark.parametrize("kind", ["encoder_decoder", "encoder", "decoder"])
 def test_model_shapes_and_training_batches(reference_backend, kind):
     data = attnlens.generate_synthetic_data(8, vocab_size=12, max_length=5, task="copy", seed=1)
-    model = attnlens.build_transformer_model(12, d_model=D_MODEL, nhead=NHEAD, num_layers=1, dim_feedforward=DIM_FF,
-                                             max_len=13, kind=kind).eval()
+    model = attnlens.build_transformer_model(
+        12, d_model=D_MODEL, nhead=NHEAD, num_layers=1, dim_feedforward=DIM_FF, max_len=13, kind=kind
+    ).eval()
     src, tgt = data.src, data.tgt
     logits, labels = model.logits_and_labels(src, tgt)
     assert logits.shape == labels.shape + (12,)
@@ -190,7 +220,7 @@ def test_model_shapes_and_training_batches(reference_backend, kind):
         assert len(model.encoder_layers) == len(model.decoder_layers) == 1
     elif kind == "encoder":
         assert model(src).shape == (8, 5, 12)
-        assert torch.equal(labels[src != PAD_ID], src[src != PAD_ID])          # copy: label = source token
+        assert torch.equal(labels[src != PAD_ID], src[src != PAD_ID])  # copy: label = source token
         assert torch.all(labels[src == PAD_ID] == PAD_ID)
         assert len(model.decoder_layers) == 0
     else:
@@ -214,8 +244,13 @@ def test_model_shapes_and_training_batches(reference_backend, kind):
 
 def test_model_ignores_padding_and_the_future(reference_backend):
     gen = torch.Generator().manual_seed(3)
-    model = attnlens.build_transformer_model(12, d_model=D_MODEL, nhead=NHEAD, num_layers=2, dim_feedforward=DIM_FF,
-                                             max_len=16).double().eval()
+    model = (
+        attnlens.build_transformer_model(
+            12, d_model=D_MODEL, nhead=NHEAD, num_layers=2, dim_feedforward=DIM_FF, max_len=16
+        )
+        .double()
+        .eval()
+    )
     src = _tokens(2, (4, 6), 6, generator=gen)
     tgt_in = torch.cat([torch.full((2, 1), BOS_ID), _tokens(2, (5, 3), 5, generator=gen)], dim=1)
     logits = model(src, tgt_in)
@@ -251,9 +286,10 @@ def test_build_transformer_model_validates():
 
 def test_generate_greedy_matches_step_by_step_argmax(reference_backend):
     torch.manual_seed(5)
-    model = attnlens.build_transformer_model(12, d_model=D_MODEL, nhead=NHEAD, num_layers=1, dim_feedforward=DIM_FF,
-                                             max_len=16).eval()
-    with torch.no_grad():                       # make EOS likely after a few steps, so stopping is tested
+    model = attnlens.build_transformer_model(
+        12, d_model=D_MODEL, nhead=NHEAD, num_layers=1, dim_feedforward=DIM_FF, max_len=16
+    ).eval()
+    with torch.no_grad():  # make EOS likely after a few steps, so stopping is tested
         model.output.bias[EOS_ID] = 2.0
     src = _tokens(3, (5, 2, 4), 5)
     out = model.generate(src, max_new_tokens=6)
@@ -319,15 +355,19 @@ def test_capture_switches_weights_on_only_inside_and_restores(reference_backend)
     model = _small_model(num_layers=1)
     modules = _attention_modules(model)
     requested = []
-    spies = [m.register_forward_pre_hook(lambda mod, args, kwargs: requested.append(kwargs["need_weights"]),
-                                         with_kwargs=True) for m in modules]
+    spies = [
+        m.register_forward_pre_hook(
+            lambda mod, args, kwargs: requested.append(kwargs["need_weights"]), with_kwargs=True
+        )
+        for m in modules
+    ]
     src = _tokens(2, (4, 2), 4)
     tgt_in = torch.cat([torch.full((2, 1), BOS_ID), _tokens(2, (2, 1), 2)], dim=1)
     model(src, tgt_in)
-    assert requested == [False, False, False]        # outside a capture no layer computes weights
+    assert requested == [False, False, False]  # outside a capture no layer computes weights
     hooks_before = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in modules]
     with attnlens.capture_attention(model) as outer:
-        with attnlens.capture_attention(model.decoder_layers) as inner:      # nested, on a sub-module
+        with attnlens.capture_attention(model.decoder_layers) as inner:  # nested, on a sub-module
             model(src, tgt_in)
         model(src, tgt_in)
     assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in modules] == hooks_before
@@ -348,14 +388,17 @@ def test_capture_gives_callers_what_they_asked_for(reference_backend):
     memory = torch.randn(2, 3, D_MODEL)
     expected_out, expected_mean = mha(x, x, x)
     with attnlens.capture_attention(mha) as captured:
-        out, mean = mha(x, x, x)                                 # torch's default: head-averaged weights
+        out, mean = mha(x, x, x)  # torch's default: head-averaged weights
         out_none, none = mha(x, memory, memory, need_weights=False)
-        _, per_head = mha(x, memory, memory, None, True, None, False)   # positional arguments
+        _, per_head = mha(x, memory, memory, None, True, None, False)  # positional arguments
     torch.testing.assert_close(out, expected_out)
     torch.testing.assert_close(mean, expected_mean)
     assert none is None and per_head.shape == (2, NHEAD, 5, 3)
     assert [(r.name, r.kind, r.shape) for r in captured] == [
-        ("", "self", (2, NHEAD, 5, 5)), ("", "cross", (2, NHEAD, 5, 3)), ("", "cross", (2, NHEAD, 5, 3))]
+        ("", "self", (2, NHEAD, 5, 5)),
+        ("", "cross", (2, NHEAD, 5, 3)),
+        ("", "cross", (2, NHEAD, 5, 3)),
+    ]
     torch.testing.assert_close(captured[0].weights.mean(1), expected_mean)
     with pytest.raises(ValueError, match="no attention module"):
         with attnlens.capture_attention(nn.Linear(2, 2)):
@@ -370,13 +413,14 @@ def test_capture_without_detach_keeps_the_graph(reference_backend):
         model(src, tgt_in)
     cross = captured.select(kind="cross")[0].weights
     assert cross.requires_grad
-    cross[..., 0].sum().backward()                  # attention supervision: a loss on the weights
+    cross[..., 0].sum().backward()  # attention supervision: a loss on the weights
     assert model.decoder_layers[0].multihead_attn.in_proj_weight.grad.abs().sum() > 0
 
 
 def test_capture_through_kernels_equals_reference():
-    model = attnlens.build_transformer_model(12, d_model=16, nhead=2, num_layers=1, dim_feedforward=16,
-                                             max_len=8).eval()
+    model = attnlens.build_transformer_model(
+        12, d_model=16, nhead=2, num_layers=1, dim_feedforward=16, max_len=8
+    ).eval()
     src = _tokens(2, (5, 3), 5)
     tgt_in = torch.cat([torch.full((2, 1), BOS_ID), _tokens(2, (3, 1), 3)], dim=1)
     results = {}
@@ -424,11 +468,21 @@ def test_train_model_history_matches_the_batches(reference_backend, one_thread, 
     val_loss, val_accuracy = attnlens.evaluate_model(model, val_loader)
     assert history.val_loss == pytest.approx([val_loss] * 2, rel=1e-5)
     assert history.val_accuracy == pytest.approx([val_accuracy] * 2)
-    assert list(history.keys()) == ["step", "epoch", "loss", "accuracy", "lr", "val_step", "val_epoch",
-                                    "val_loss", "val_accuracy"]
+    assert list(history.keys()) == [
+        "step",
+        "epoch",
+        "loss",
+        "accuracy",
+        "lr",
+        "val_step",
+        "val_epoch",
+        "val_loss",
+        "val_accuracy",
+    ]
     assert history.to_dict()["loss"] == history.loss
 
     from attnlens.viz import training_curves
+
     fig = training_curves(history)
     assert len(fig.axes) == 2
     train_line = [line for line in fig.axes[1].lines if line.get_label() == "train"][0]
@@ -454,7 +508,7 @@ def test_train_model_with_plain_inputs_and_labels(reference_backend, one_thread)
     inputs = torch.randint(1, 6, (32, 4))
     labels = inputs.clone()
     labels[:, 3] = PAD_ID
-    loader = [(inputs[i:i + 8], labels[i:i + 8]) for i in range(0, 32, 8)]
+    loader = [(inputs[i : i + 8], labels[i : i + 8]) for i in range(0, 32, 8)]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     history = attnlens.train_model(model, loader, optimizer, num_epochs=15, val_loader=loader, progress=False)
     assert history.val_accuracy[-1] == 1.0 and history.val_loss[-1] < history.val_loss[0]
@@ -472,8 +526,19 @@ def test_train_model_with_plain_inputs_and_labels(reference_backend, one_thread)
 #            source position 0.577-0.699 (always a head of the second decoder layer)
 #   copy:    held-out token accuracy 0.9976-1.0, best head's mean weight on the same position 0.725-0.823
 # The thresholds below sit under the worst seed.
-STRUCTURE_CONFIG = dict(num_sentences=3000, vocab_size=14, max_length=8, batch_size=64, lr=3e-3, warmup_steps=50,
-                        d_model=32, nhead=2, num_layers=2, dim_feedforward=64, dropout=0.0)
+STRUCTURE_CONFIG = dict(
+    num_sentences=3000,
+    vocab_size=14,
+    max_length=8,
+    batch_size=64,
+    lr=3e-3,
+    warmup_steps=50,
+    d_model=32,
+    nhead=2,
+    num_layers=2,
+    dim_feedforward=64,
+    dropout=0.0,
+)
 STRUCTURE_STEPS = 300
 
 
@@ -484,22 +549,26 @@ def aligned_weight(model, held_out, task):
     lengths = held_out.lengths[:256]
     with torch.no_grad(), attnlens.capture_attention(model) as captured:
         model(src, tgt[:, :-1])
-    cross = captured.stack("cross")                  # [L, B, H, Nt, Ns]
+    cross = captured.stack("cross")  # [L, B, H, Nt, Ns]
     positions = torch.arange(held_out.max_length)
-    inside = positions[None, :] < lengths[:, None]                                     # [B, M]
+    inside = positions[None, :] < lengths[:, None]  # [B, M]
     source = (lengths[:, None] - 1 - positions[None, :]) if task == "reverse" else positions[None, :].expand_as(inside)
     source = source.clamp(min=0)
     # query p (reading BOS, t1 ...) predicts target token p + 1, which sits at `source[p]`
-    picked = cross[:, :, :, :held_out.max_length, :].gather(
-        -1, source[None, :, None, :, None].expand(cross.shape[0], -1, cross.shape[2], -1, 1)).squeeze(-1)
+    picked = (
+        cross[:, :, :, : held_out.max_length, :]
+        .gather(-1, source[None, :, None, :, None].expand(cross.shape[0], -1, cross.shape[2], -1, 1))
+        .squeeze(-1)
+    )
     weights = inside[None, :, None, :].to(picked.dtype)
-    return (picked * weights).sum(dim=(1, 3)) / weights.sum(dim=(1, 3))                 # [L, H]
+    return (picked * weights).sum(dim=(1, 3)) / weights.sum(dim=(1, 3))  # [L, H]
 
 
 @pytest.mark.parametrize("task, min_accuracy, min_alignment", [("reverse", 0.95, 0.5), ("copy", 0.95, 0.6)])
 def test_training_learns_the_alignment(reference_backend, one_thread, task, min_accuracy, min_alignment):
-    model, history, data = attnlens.train_on_task(task, steps=STRUCTURE_STEPS, seed=0, progress=False,
-                                                  **STRUCTURE_CONFIG)
+    model, history, data = attnlens.train_on_task(
+        task, steps=STRUCTURE_STEPS, seed=0, progress=False, **STRUCTURE_CONFIG
+    )
     assert not model.training
     assert history.num_steps == STRUCTURE_STEPS
     assert history.final_val_accuracy >= min_accuracy

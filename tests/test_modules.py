@@ -66,10 +66,12 @@ def twins(dtype: torch.dtype, **kwargs):
 def qkv_inputs(mode: str, dtype: torch.dtype, batch: Optional[int] = BATCH, batch_first: bool = True):
     """query, key, value for self attention (one tensor three times, as torch's packed self path
     wants), cross attention, or cross attention with kdim/vdim features. ``batch=None``: unbatched."""
+
     def make(length, features):
         shape = (length, features) if batch is None else (batch, length, features)
         t = torch.randn(shape, dtype=dtype, device=DEVICE)
         return t if batch is None or batch_first else t.transpose(0, 1).contiguous()
+
     if mode == "self":
         x = make(LEN_Q, EMBED)
         return x, x, x
@@ -108,8 +110,13 @@ def attention_mask(kind: str, leading: Optional[int], seqlen_q: int, seqlen_k: i
 
 
 def forward_kwargs(weights: str, attn_kind: str, key_padding_mask, attn_mask) -> Dict:
-    return dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=weights != "none",
-                average_attn_weights=weights == "mean", is_causal=attn_kind.startswith("causal"))
+    return dict(
+        key_padding_mask=key_padding_mask,
+        attn_mask=attn_mask,
+        need_weights=weights != "none",
+        average_attn_weights=weights == "mean",
+        is_causal=attn_kind.startswith("causal"),
+    )
 
 
 def cast(kwargs: Dict, dtype: torch.dtype) -> Dict:
@@ -182,12 +189,18 @@ def _one_thread():
 
 
 # float64 leaves out batch_first=False (a transpose, dtype-blind) to stay inside the time budget
-SWEEP = [c for c in itertools.product((torch.float32, torch.float64), (True, False), MODES, EXTRAS)
-         if c[0] == torch.float32 or c[1]]
+SWEEP = [
+    c
+    for c in itertools.product((torch.float32, torch.float64), (True, False), MODES, EXTRAS)
+    if c[0] == torch.float32 or c[1]
+]
 
 
-@pytest.mark.parametrize("dtype, batch_first, mode, extras", SWEEP,
-                         ids=lambda v: str(v).replace("torch.", "") if not isinstance(v, bool) else f"bf={v}")
+@pytest.mark.parametrize(
+    "dtype, batch_first, mode, extras",
+    SWEEP,
+    ids=lambda v: str(v).replace("torch.", "") if not isinstance(v, bool) else f"bf={v}",
+)
 def test_parity_sweep_reference(dtype, batch_first, mode, extras):
     """Every key_padding_mask x attn_mask/is_causal x weights combination, in eval and in train
     mode (dropout 0), for one module configuration."""
@@ -206,8 +219,15 @@ def test_parity_sweep_reference(dtype, batch_first, mode, extras):
             expected = call(theirs, inputs, kwargs), call(exact, inputs, kwargs, torch.float64)
             for training in (False, True):
                 ours.train(training)
-                assert_parity(f"kpm={padding} mask={attn_kind} weights={weights} train={training}",
-                              ours, None, None, inputs, kwargs, expected=expected)
+                assert_parity(
+                    f"kpm={padding} mask={attn_kind} weights={weights} train={training}",
+                    ours,
+                    None,
+                    None,
+                    inputs,
+                    kwargs,
+                    expected=expected,
+                )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -223,8 +243,9 @@ def test_unbatched_parity_reference(mode, extras):
             kpm = padding_mask(padding, None, seqlen_k, dtype)
             mask = attention_mask(attn_kind, HEADS, LEN_Q, seqlen_k, dtype)
             kwargs = forward_kwargs(weights, attn_kind, kpm, mask)
-            assert_parity(f"unbatched kpm={padding} mask={attn_kind} weights={weights}",
-                          ours, theirs, exact, inputs, kwargs)
+            assert_parity(
+                f"unbatched kpm={padding} mask={attn_kind} weights={weights}", ours, theirs, exact, inputs, kwargs
+            )
             out, w = call(ours, inputs, kwargs)
             assert out.shape == (LEN_Q, EMBED)
             if weights != "none":
@@ -242,11 +263,11 @@ KERNEL_CASES = [
     (torch.float32, True, "cross", "bias_kv", "none", "float3d", "per_head", True, True),
     (torch.float32, True, "kvdim", "zero_attn", "bool", "float2d", "mean", False, True),
     (torch.float64, False, "self", "both", "float", "bool3d", "per_head", True, True),
-    (torch.float32, True, "self", "plain", "none", "causal_bool", "none", False, True),   # kernel's causal path
+    (torch.float32, True, "self", "plain", "none", "causal_bool", "none", False, True),  # kernel's causal path
     (torch.float32, False, "cross", "both", "none", "causal_float", "none", True, True),  # causal + extra keys
-    (torch.float32, True, "self", "plain", "bool", "causal_bool", "mean", False, True),   # mask path
-    (torch.float32, True, "cross", "both", "bool", "bool2d", "per_head", False, False),   # unbatched
-    (torch.float64, True, "self", "plain", "float", "float3d", "none", True, False),      # unbatched
+    (torch.float32, True, "self", "plain", "bool", "causal_bool", "mean", False, True),  # mask path
+    (torch.float32, True, "cross", "both", "bool", "bool2d", "per_head", False, False),  # unbatched
+    (torch.float64, True, "self", "plain", "float", "float3d", "none", True, False),  # unbatched
 ]
 
 
@@ -278,8 +299,9 @@ def test_eval_ignores_dropout_kernels():
 def parameter_grads(module, inputs, kwargs, dtype=None, weights_coef=None):
     """Gradients of sum(out * r) (+ sum(weights * s)) for every parameter and the float inputs."""
     casted = {}
-    leaves = [casted.setdefault(id(t), (t.to(dtype) if dtype else t).detach().clone().requires_grad_(True))
-              for t in inputs]
+    leaves = [
+        casted.setdefault(id(t), (t.to(dtype) if dtype else t).detach().clone().requires_grad_(True)) for t in inputs
+    ]
     out, weights = call(module, leaves, kwargs, None if dtype is None else dtype)
     g = torch.Generator(device="cpu").manual_seed(1)
     loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)).sum()
@@ -326,7 +348,7 @@ def test_gradient_reaches_a_learned_float_mask():
     x = torch.randn(BATCH, LEN_Q, EMBED, dtype=torch.float64, device=DEVICE)
     grads = []
     for module in (ours, exact):
-        bias = (0.3 * torch.randn(LEN_Q, LEN_Q, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+        bias = 0.3 * torch.randn(LEN_Q, LEN_Q, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         bias = bias.to(DEVICE).requires_grad_(True)
         out, weights = module(x, x, x, attn_mask=bias, average_attn_weights=False)
         (out.square().sum() + weights.square().sum()).backward()
@@ -360,9 +382,9 @@ def test_state_dict_round_trips(config):
     for name, value in theirs.state_dict().items():
         assert_equal(f"initial {name}", ours.state_dict()[name], value)
 
-    fresh_theirs = torch_module(torch.float32, **config)   # torch -> ours
+    fresh_theirs = torch_module(torch.float32, **config)  # torch -> ours
     ours.load_state_dict(fresh_theirs.state_dict())
-    back = nn.MultiheadAttention(EMBED, HEADS, device=DEVICE, **config)   # ours -> torch
+    back = nn.MultiheadAttention(EMBED, HEADS, device=DEVICE, **config)  # ours -> torch
     back.load_state_dict(ours.state_dict())
     for name, value in fresh_theirs.state_dict().items():
         assert_equal(f"round trip {name}", back.state_dict()[name], value)
@@ -405,10 +427,18 @@ def expanded_torch_module(ours: MultiHeadAttention) -> nn.MultiheadAttention:
     def expand(rows: torch.Tensor) -> torch.Tensor:  # [kv_heads * d, ...] -> [heads * d, ...]
         return rows.unflatten(0, (ours.num_kv_heads, d)).repeat_interleave(group, dim=0).flatten(0, 1)
 
-    theirs = nn.MultiheadAttention(ours.embed_dim, ours.num_heads, kdim=ours.kdim, vdim=ours.vdim,
-                                   bias=ours.in_proj_bias is not None, add_bias_kv=ours.bias_k is not None,
-                                   add_zero_attn=ours.add_zero_attn, batch_first=ours.batch_first,
-                                   device=DEVICE, dtype=torch.float64)
+    theirs = nn.MultiheadAttention(
+        ours.embed_dim,
+        ours.num_heads,
+        kdim=ours.kdim,
+        vdim=ours.vdim,
+        bias=ours.in_proj_bias is not None,
+        add_bias_kv=ours.bias_k is not None,
+        add_zero_attn=ours.add_zero_attn,
+        batch_first=ours.batch_first,
+        device=DEVICE,
+        dtype=torch.float64,
+    )
     e, kv = ours.embed_dim, ours.num_kv_heads * d
     state = {"out_proj.weight": ours.out_proj.weight, "out_proj.bias": ours.out_proj.bias}
     weights = [ours.q_proj_weight, expand(ours.k_proj_weight), expand(ours.v_proj_weight)]
@@ -442,8 +472,16 @@ def test_grouped_query_attention_matches_explicit_expansion(case):
     kv_heads, kvdim, bias_kv, zero_attn, backend, padding, attn_kind, weights = case
     heads = 4
     dims = dict(kdim=KDIM, vdim=VDIM) if kvdim else {}
-    ours = MultiHeadAttention(EMBED, heads, batch_first=True, add_bias_kv=bias_kv, add_zero_attn=zero_attn,
-                              num_kv_heads=kv_heads, device=DEVICE, **dims)
+    ours = MultiHeadAttention(
+        EMBED,
+        heads,
+        batch_first=True,
+        add_bias_kv=bias_kv,
+        add_zero_attn=zero_attn,
+        num_kv_heads=kv_heads,
+        device=DEVICE,
+        **dims,
+    )
     kv_dim = kv_heads * (EMBED // heads)
     assert ours.in_proj_weight is None and ours.k_proj_weight.shape == (kv_dim, ours.kdim)
     assert ours.in_proj_bias.shape == (EMBED + 2 * kv_dim,)
@@ -537,8 +575,12 @@ def test_dropout_in_training(backend):
     theirs.train()  # torch's weights obey the same relation
     _, torch_w = theirs(x, x, x, average_attn_weights=False)
     torch_kept = torch_w != 0
-    assert_rule("torch: kept weights = eval weights / (1 - p)", torch_w[torch_kept],
-                eval_w[torch_kept] / (1 - p), eval_w[torch_kept] / (1 - p))
+    assert_rule(
+        "torch: kept weights = eval weights / (1 - p)",
+        torch_w[torch_kept],
+        eval_w[torch_kept] / (1 - p),
+        eval_w[torch_kept] / (1 - p),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,8 +609,9 @@ ERROR_CASES = {
     "1-D key_padding_mask for batched inputs": dict(key_padding_mask=_zeros(LEN_Q, dtype=torch.bool)),
     "key_padding_mask of the wrong length": dict(key_padding_mask=_zeros(BATCH, LEN_Q + 1, dtype=torch.bool)),
     "float64 mask, float32 query": dict(attn_mask=_zeros(LEN_Q, LEN_Q, dtype=torch.float64)),
-    "float64 mask, float32 query, no weights": dict(attn_mask=_zeros(LEN_Q, LEN_Q, dtype=torch.float64),
-                                                    need_weights=False),
+    "float64 mask, float32 query, no weights": dict(
+        attn_mask=_zeros(LEN_Q, LEN_Q, dtype=torch.float64), need_weights=False
+    ),
 }
 
 
@@ -595,8 +638,12 @@ def test_shape_errors_match_torch():
         "wrong embed_dim": (ours, theirs, (k, k, v), {}),
         "key and value lengths differ": (ours, theirs, (q, k, v[:, :-1]), {}),
         "packed key/value shapes differ": (ours2, theirs2, (q, q, q[:-1]), {}),
-        "unbatched 3-D mask of the wrong shape": (ours2, theirs2, (q[0], q[0], q[0]),
-                                                  dict(attn_mask=torch.zeros(BATCH * HEADS, LEN_Q, LEN_Q))),
+        "unbatched 3-D mask of the wrong shape": (
+            ours2,
+            theirs2,
+            (q[0], q[0], q[0]),
+            dict(attn_mask=torch.zeros(BATCH * HEADS, LEN_Q, LEN_Q)),
+        ),
     }
     with attnlens.use_backend("reference"):
         for name, (mine, torchs, inputs, kwargs) in bad.items():
@@ -608,8 +655,10 @@ def test_shape_errors_match_torch():
 def test_mixed_mask_dtypes_warn_like_torch():
     ours, theirs, _ = twins(torch.float32, batch_first=True)
     x = torch.randn(BATCH, LEN_Q, EMBED, device=DEVICE)
-    kwargs = dict(key_padding_mask=padding_mask("bool", BATCH, LEN_Q, torch.float32),
-                  attn_mask=attention_mask("float2d", None, LEN_Q, LEN_Q, torch.float32))
+    kwargs = dict(
+        key_padding_mask=padding_mask("bool", BATCH, LEN_Q, torch.float32),
+        attn_mask=attention_mask("float2d", None, LEN_Q, LEN_Q, torch.float32),
+    )
     for module in (theirs, ours):
         with pytest.warns(UserWarning):
             module(x, x, x, **kwargs)
@@ -641,8 +690,12 @@ def test_fully_masked_rows_give_zero_weights_not_nan(backend):
     torch_out, torch_w = theirs(x, x, x, **kwargs)
     assert torch.isnan(torch_out[1]).all() and torch.isnan(torch_w[1]).all()  # torch's behaviour
     assert_equal("weights of the empty sequence", weights[1], torch.zeros_like(weights[1]))
-    assert_rule("output of the empty sequence = out_proj.bias", out[1],
-                ours.out_proj.bias.double().expand(LEN_Q, EMBED), ours.out_proj.bias.expand(LEN_Q, EMBED))
+    assert_rule(
+        "output of the empty sequence = out_proj.bias",
+        out[1],
+        ours.out_proj.bias.double().expand(LEN_Q, EMBED),
+        ours.out_proj.bias.expand(LEN_Q, EMBED),
+    )
     exact_out, exact_w = call(exact, (x, x, x), kwargs, torch.float64)
     assert_rule("other sequence output", out[0], exact_out[0], torch_out[0])
     assert_rule("other sequence weights", weights[0], exact_w[0], torch_w[0])
@@ -673,10 +726,12 @@ def test_self_attention_is_the_explicit_maths(backend):
     additive = torch.randn(LEN_Q, LEN_Q, device=DEVICE)
     q, k, v = module.query(x), module.key(x), module.value(x)
     with attnlens.use_backend(backend):
-        cases = [(module(x), explicit_attention(q, k, v)),
-                 (module(x, allowed), explicit_attention(q, k, v, allowed=allowed)),
-                 (module(x, additive), explicit_attention(q, k, v, additive=additive)),
-                 (module(x[0], allowed[0]), explicit_attention(q[0], k[0], v[0], allowed=allowed[0]))]
+        cases = [
+            (module(x), explicit_attention(q, k, v)),
+            (module(x, allowed), explicit_attention(q, k, v, allowed=allowed)),
+            (module(x, additive), explicit_attention(q, k, v, additive=additive)),
+            (module(x[0], allowed[0]), explicit_attention(q[0], k[0], v[0], allowed=allowed[0])),
+        ]
     for (out, weights), (expected, expected_w) in cases:
         assert out.shape == expected.shape and weights.shape == expected_w.shape
         assert_rule("SelfAttention output", out, expected, expected.float())
@@ -685,12 +740,17 @@ def test_self_attention_is_the_explicit_maths(backend):
 
 
 def torch_twin_of(module: MultiHeadSelfAttention) -> nn.MultiheadAttention:
-    theirs = nn.MultiheadAttention(module.embed_dim, module.num_heads, batch_first=True, device=DEVICE,
-                                   dtype=torch.float64)
-    theirs.load_state_dict({
-        "in_proj_weight": torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight]).double(),
-        "in_proj_bias": torch.cat([module.q_proj.bias, module.k_proj.bias, module.v_proj.bias]).double(),
-        "out_proj.weight": module.out_proj.weight.double(), "out_proj.bias": module.out_proj.bias.double()})
+    theirs = nn.MultiheadAttention(
+        module.embed_dim, module.num_heads, batch_first=True, device=DEVICE, dtype=torch.float64
+    )
+    theirs.load_state_dict(
+        {
+            "in_proj_weight": torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight]).double(),
+            "in_proj_bias": torch.cat([module.q_proj.bias, module.k_proj.bias, module.v_proj.bias]).double(),
+            "out_proj.weight": module.out_proj.weight.double(),
+            "out_proj.bias": module.out_proj.bias.double(),
+        }
+    )
     return theirs
 
 
@@ -706,6 +766,7 @@ def test_multi_head_self_attention_is_the_explicit_maths(backend):
 
     def split(t):
         return t.unflatten(-1, (heads, EMBED // heads)).transpose(-3, -2)
+
     q, k, v = split(module.q_proj(x)), split(module.k_proj(x)), split(module.v_proj(x))
 
     def explicit(allowed4):
@@ -721,8 +782,9 @@ def test_multi_head_self_attention_is_the_explicit_maths(backend):
         assert_rule("MultiHeadSelfAttention output", out, e_out, e_out.float())
         assert_rule("MultiHeadSelfAttention weights", weights, e_w, e_w.float())
     # and it is torch's module in disguise (torch's padding convention, per-head weights)
-    torch_out, torch_w = torch_twin_of(module)(x.double(), x.double(), x.double(), key_padding_mask=pad,
-                                                 average_attn_weights=False)
+    torch_out, torch_w = torch_twin_of(module)(
+        x.double(), x.double(), x.double(), key_padding_mask=pad, average_attn_weights=False
+    )
     with attnlens.use_backend(backend):
         out, weights = module(x, key_padding_mask=pad)
     assert_rule("vs nn.MultiheadAttention output", out, torch_out, torch_out.float())

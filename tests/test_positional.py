@@ -51,8 +51,9 @@ def rotation_matrix(position: float, head_dim: int, base: float = 10000.0, inter
     return matrix
 
 
-def rope_reference(x: torch.Tensor, positions: Sequence[float], base: float = 10000.0,
-                   interleaved: bool = False) -> torch.Tensor:
+def rope_reference(
+    x: torch.Tensor, positions: Sequence[float], base: float = 10000.0, interleaved: bool = False
+) -> torch.Tensor:
     """``x`` ``[..., N, D]`` with token t multiplied by ``rotation_matrix(positions[t])``, in float64."""
     matrices = torch.stack([rotation_matrix(p, x.shape[-1], base, interleaved) for p in positions])
     return torch.einsum("nde,...ne->...nd", matrices.to(x.device), x.to(torch.float64))
@@ -83,7 +84,7 @@ def test_sinusoidal_float32_is_the_correctly_rounded_closed_form(max_len, embed_
     expected = closed_form_encoding(max_len, embed_dim)
     assert pe.dtype == torch.float32
     # float64 angles, one rounding at the end: within half an ulp of 1 of the exact value
-    assert_close("encoding", pe, expected, atol=2.0 ** -25 + 1e-12)
+    assert_close("encoding", pe, expected, atol=2.0**-25 + 1e-12)
     assert float(pe.abs().max()) <= 1.0
 
 
@@ -101,7 +102,7 @@ def test_sinusoidal_large_positions_stay_accurate():
     denominators = np.array([10000.0 ** (2 * (c // 2) / embed_dim) for c in range(embed_dim)])
     angles = positions / denominators
     expected = np.where(np.arange(embed_dim) % 2 == 0, np.sin(angles), np.cos(angles))
-    assert_close("encoding", pe, torch.from_numpy(expected), atol=2.0 ** -25 + 1e-9)
+    assert_close("encoding", pe, torch.from_numpy(expected), atol=2.0**-25 + 1e-9)
 
 
 @pytest.mark.parametrize("embed_dim", [1, 2, 7, 8])
@@ -122,8 +123,8 @@ def test_sinusoidal_shift_is_a_fixed_rotation_per_pair(embed_dim, shift):
         frequency = 1.0 / 10000.0 ** (2 * i / embed_dim)
         c, s = math.cos(shift * frequency), math.sin(shift * frequency)
         rotation = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)
-        now = pe[:max_len, 2 * i: 2 * i + 2]                   # [pos, (sin, cos)]
-        later = pe[shift: shift + max_len, 2 * i: 2 * i + 2]
+        now = pe[:max_len, 2 * i : 2 * i + 2]  # [pos, (sin, cos)]
+        later = pe[shift : shift + max_len, 2 * i : 2 * i + 2]
         assert_close(f"pair {i}", later, now @ rotation.T, atol=1e-12)
 
 
@@ -134,16 +135,19 @@ def test_sinusoidal_dtype_device_and_empty():
     assert sinusoidal_positional_encoding(0, 4).shape == (0, 4)
 
 
-@pytest.mark.parametrize("kwargs,error,pattern", [
-    (dict(max_len=-1, embed_dim=4), ValueError, r"max_len must be an int >= 0, got -1"),
-    (dict(max_len=4, embed_dim=0), ValueError, r"embed_dim must be an int >= 1, got 0"),
-    (dict(max_len=4.0, embed_dim=4), TypeError, r"max_len must be an int >= 0, got float 4.0"),
-    (dict(max_len=True, embed_dim=4), TypeError, r"max_len .* got bool"),
-    (dict(max_len=4, embed_dim="8"), TypeError, r"embed_dim .* got str"),
-    (dict(max_len=4, embed_dim=4, base=0.0), ValueError, r"base must be a finite number > 0, got 0.0"),
-    (dict(max_len=4, embed_dim=4, base=float("inf")), ValueError, r"base must be a finite number"),
-    (dict(max_len=4, embed_dim=4, dtype=torch.int64), TypeError, r"dtype must be a floating point"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        (dict(max_len=-1, embed_dim=4), ValueError, r"max_len must be an int >= 0, got -1"),
+        (dict(max_len=4, embed_dim=0), ValueError, r"embed_dim must be an int >= 1, got 0"),
+        (dict(max_len=4.0, embed_dim=4), TypeError, r"max_len must be an int >= 0, got float 4.0"),
+        (dict(max_len=True, embed_dim=4), TypeError, r"max_len .* got bool"),
+        (dict(max_len=4, embed_dim="8"), TypeError, r"embed_dim .* got str"),
+        (dict(max_len=4, embed_dim=4, base=0.0), ValueError, r"base must be a finite number > 0, got 0.0"),
+        (dict(max_len=4, embed_dim=4, base=float("inf")), ValueError, r"base must be a finite number"),
+        (dict(max_len=4, embed_dim=4, dtype=torch.int64), TypeError, r"dtype must be a floating point"),
+    ],
+)
 def test_sinusoidal_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         sinusoidal_positional_encoding(**kwargs)
@@ -156,7 +160,7 @@ def test_sinusoidal_bad_arguments(kwargs, error, pattern):
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_sinusoidal_module_adds_the_table(batch_first):
     module = SinusoidalPositionalEncoding(24, max_len=50, batch_first=batch_first).to(DEVICE)
-    x = torch.randn(3, 13, 24, device=DEVICE)                   # [B, N, d]
+    x = torch.randn(3, 13, 24, device=DEVICE)  # [B, N, d]
     out = module(x if batch_first else x.transpose(0, 1))
     out = out if batch_first else out.transpose(0, 1)
     table = sinusoidal_positional_encoding(50, 24, device=DEVICE)
@@ -190,29 +194,46 @@ def test_sinusoidal_module_dropout():
     assert_equal("eval", module.eval()(x), summed)
 
 
-@pytest.mark.parametrize("make,x,pattern,error", [
-    (lambda: SinusoidalPositionalEncoding(8, max_len=10), torch.zeros(2, 11, 8), r"11 positions .* max_len=10",
-     ValueError),
-    (lambda: SinusoidalPositionalEncoding(8, max_len=10), torch.zeros(2, 5, 6), r"embed_dim=8, got shape \(2, 5, 6\)",
-     ValueError),
-    (lambda: SinusoidalPositionalEncoding(8, max_len=10, batch_first=False), torch.zeros(11, 2, 8),
-     r"11 positions", ValueError),
-    (lambda: SinusoidalPositionalEncoding(8), torch.zeros(1, 2, 5, 8), r"shape \(1, 2, 5, 8\)", ValueError),
-    (lambda: SinusoidalPositionalEncoding(8), torch.zeros(2, 5, 8, dtype=torch.long), r"floating point",
-     TypeError),
-    (lambda: SinusoidalPositionalEncoding(8), [0.0] * 8, r"x must be a torch.Tensor", TypeError),
-])
+@pytest.mark.parametrize(
+    "make,x,pattern,error",
+    [
+        (
+            lambda: SinusoidalPositionalEncoding(8, max_len=10),
+            torch.zeros(2, 11, 8),
+            r"11 positions .* max_len=10",
+            ValueError,
+        ),
+        (
+            lambda: SinusoidalPositionalEncoding(8, max_len=10),
+            torch.zeros(2, 5, 6),
+            r"embed_dim=8, got shape \(2, 5, 6\)",
+            ValueError,
+        ),
+        (
+            lambda: SinusoidalPositionalEncoding(8, max_len=10, batch_first=False),
+            torch.zeros(11, 2, 8),
+            r"11 positions",
+            ValueError,
+        ),
+        (lambda: SinusoidalPositionalEncoding(8), torch.zeros(1, 2, 5, 8), r"shape \(1, 2, 5, 8\)", ValueError),
+        (lambda: SinusoidalPositionalEncoding(8), torch.zeros(2, 5, 8, dtype=torch.long), r"floating point", TypeError),
+        (lambda: SinusoidalPositionalEncoding(8), [0.0] * 8, r"x must be a torch.Tensor", TypeError),
+    ],
+)
 def test_sinusoidal_module_bad_inputs(make, x, pattern, error):
     with pytest.raises(error, match=pattern):
         make()(x)
 
 
-@pytest.mark.parametrize("kwargs,error,pattern", [
-    (dict(embed_dim=0), ValueError, "embed_dim"),
-    (dict(embed_dim=8, max_len=-2), ValueError, "max_len"),
-    (dict(embed_dim=8, dropout=1.5), ValueError, r"dropout must be a float in \[0, 1\], got 1.5"),
-    (dict(embed_dim=8, dropout="0.1"), TypeError, "dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        (dict(embed_dim=0), ValueError, "embed_dim"),
+        (dict(embed_dim=8, max_len=-2), ValueError, "max_len"),
+        (dict(embed_dim=8, dropout=1.5), ValueError, r"dropout must be a float in \[0, 1\], got 1.5"),
+        (dict(embed_dim=8, dropout="0.1"), TypeError, "dropout"),
+    ],
+)
 def test_sinusoidal_module_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         SinusoidalPositionalEncoding(**kwargs)
@@ -229,7 +250,7 @@ def test_learned_adds_rows_from_offset(batch_first, offset):
     x = torch.randn(2, 9, 12, device=DEVICE)
     out = module(x if batch_first else x.transpose(0, 1), offset=offset)
     out = out if batch_first else out.transpose(0, 1)
-    rows = module.embedding.weight[offset: offset + 9]
+    rows = module.embedding.weight[offset : offset + 9]
     for b in range(2):
         assert_equal(f"batch {b}", out[b], x[b] + rows)
     assert module.pe is module.embedding.weight and module.pe.shape == (32, 12)
@@ -239,7 +260,7 @@ def test_learned_incremental_decoding_matches_full_sequence():
     module = LearnedPositionalEmbedding(16, 8)
     x = torch.randn(3, 10, 8)
     full = module(x)
-    steps = torch.cat([module(x[:, t: t + 1], offset=t) for t in range(10)], dim=1)
+    steps = torch.cat([module(x[:, t : t + 1], offset=t) for t in range(10)], dim=1)
     assert_equal("token by token", steps, full)
 
 
@@ -266,13 +287,16 @@ def test_learned_state_dict_and_init():
     assert_equal("round trip", other(x), module.eval()(x))
 
 
-@pytest.mark.parametrize("x,offset,error,pattern", [
-    (torch.zeros(1, 9, 4), 0, ValueError, r"offset=0 to 8 .* exceed max_len=8"),
-    (torch.zeros(1, 3, 4), 6, ValueError, r"offset=6 to 8 .* exceed max_len=8"),
-    (torch.zeros(1, 3, 4), -1, ValueError, r"offset must be an int >= 0, got -1"),
-    (torch.zeros(1, 3, 4), 1.0, TypeError, r"offset must be an int >= 0, got float"),
-    (torch.zeros(1, 3, 5), 0, ValueError, r"embed_dim=4"),
-])
+@pytest.mark.parametrize(
+    "x,offset,error,pattern",
+    [
+        (torch.zeros(1, 9, 4), 0, ValueError, r"offset=0 to 8 .* exceed max_len=8"),
+        (torch.zeros(1, 3, 4), 6, ValueError, r"offset=6 to 8 .* exceed max_len=8"),
+        (torch.zeros(1, 3, 4), -1, ValueError, r"offset must be an int >= 0, got -1"),
+        (torch.zeros(1, 3, 4), 1.0, TypeError, r"offset must be an int >= 0, got float"),
+        (torch.zeros(1, 3, 5), 0, ValueError, r"embed_dim=4"),
+    ],
+)
 def test_learned_bad_inputs(x, offset, error, pattern):
     with pytest.raises(error, match=pattern):
         LearnedPositionalEmbedding(8, 4)(x, offset=offset)
@@ -305,8 +329,7 @@ def test_rope_known_value():
     rope = RotaryEmbedding(2, interleaved=True)
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     out = rope.rotate(x)
-    expected = torch.tensor([[1.0, 0.0], [math.cos(1), math.sin(1)], [-math.sin(2), math.cos(2)]],
-                            dtype=torch.float64)
+    expected = torch.tensor([[1.0, 0.0], [math.cos(1), math.sin(1)], [-math.sin(2), math.cos(2)]], dtype=torch.float64)
     assert_close("rotated", out, expected, atol=1e-15)
 
 
@@ -330,7 +353,7 @@ def test_rope_low_precision_rounds_once(dtype):
 def test_rope_scores_depend_on_relative_position_only(interleaved, m, n, shift):
     head_dim = 64
     rope = RotaryEmbedding(head_dim, interleaved=interleaved)
-    q = torch.randn(5, head_dim, device=DEVICE)   # five independent query/key pairs
+    q = torch.randn(5, head_dim, device=DEVICE)  # five independent query/key pairs
     k = torch.randn(5, head_dim, device=DEVICE)
 
     def score(query_position: int, key_position: int) -> torch.Tensor:
@@ -389,7 +412,7 @@ def test_rope_offset_equals_slicing_the_full_rotation(interleaved, start):
     q_tail, k_tail = rope(q[:, :, start:], k[:, :, start:], offset=start)
     assert_equal("q suffix", q_tail, q_full[:, :, start:])
     assert_equal("k suffix", k_tail, k_full[:, :, start:])
-    steps = torch.cat([rope.rotate(k[:, :, t: t + 1], offset=t) for t in range(40)], dim=2)
+    steps = torch.cat([rope.rotate(k[:, :, t : t + 1], offset=t) for t in range(40)], dim=2)
     assert_equal("k token by token (KV-cache decoding)", steps, k_full)
 
 
@@ -458,27 +481,53 @@ def test_rope_max_len():
         rope.rotate(x, positions=torch.tensor([0, 1, 2, 3, 20]))
 
 
-@pytest.mark.parametrize("call,error,pattern", [
-    (lambda: RotaryEmbedding(7), ValueError, r"head_dim must be even .* got 7"),
-    (lambda: RotaryEmbedding(0), ValueError, r"head_dim must be an int >= 2, got 0"),
-    (lambda: RotaryEmbedding(8.0), TypeError, r"head_dim must be an int"),
-    (lambda: RotaryEmbedding(8, base=-1.0), ValueError, r"base must be a finite number > 0, got -1.0"),
-    (lambda: RotaryEmbedding(8, max_len=-1), ValueError, r"max_len must be an int >= 0"),
-    (lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 6), torch.zeros(1, 1, 3, 8)), ValueError,
-     r"q must have shape \[..., N, head_dim=8\] .* got shape \(1, 1, 3, 6\)"),
-    (lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8, dtype=torch.int32)), TypeError,
-     r"k must be floating point, got dtype torch.int32"),
-    (lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8), offset=-2), ValueError,
-     r"offset must be an int >= 0, got -2"),
-    (lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8), positions=torch.zeros(3)),
-     TypeError, r"positions must be an integer tensor .* got dtype torch.float32"),
-    (lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 4, 8), positions=torch.arange(3)),
-     ValueError, r"positions must have shape \[N\] or \[B, N\] matching k of shape \(1, 1, 4, 8\)"),
-    (lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8), offset=1,
-                                positions=torch.arange(3)), ValueError, r"either offset or positions"),
-    (lambda: apply_rotary(torch.zeros(3, 8), torch.zeros(3, 3), torch.zeros(3, 3)), ValueError,
-     r"cos and sin must have the same shape \[..., N, D/2=4\]"),
-])
+@pytest.mark.parametrize(
+    "call,error,pattern",
+    [
+        (lambda: RotaryEmbedding(7), ValueError, r"head_dim must be even .* got 7"),
+        (lambda: RotaryEmbedding(0), ValueError, r"head_dim must be an int >= 2, got 0"),
+        (lambda: RotaryEmbedding(8.0), TypeError, r"head_dim must be an int"),
+        (lambda: RotaryEmbedding(8, base=-1.0), ValueError, r"base must be a finite number > 0, got -1.0"),
+        (lambda: RotaryEmbedding(8, max_len=-1), ValueError, r"max_len must be an int >= 0"),
+        (
+            lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 6), torch.zeros(1, 1, 3, 8)),
+            ValueError,
+            r"q must have shape \[..., N, head_dim=8\] .* got shape \(1, 1, 3, 6\)",
+        ),
+        (
+            lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8, dtype=torch.int32)),
+            TypeError,
+            r"k must be floating point, got dtype torch.int32",
+        ),
+        (
+            lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8), offset=-2),
+            ValueError,
+            r"offset must be an int >= 0, got -2",
+        ),
+        (
+            lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8), positions=torch.zeros(3)),
+            TypeError,
+            r"positions must be an integer tensor .* got dtype torch.float32",
+        ),
+        (
+            lambda: RotaryEmbedding(8)(torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 4, 8), positions=torch.arange(3)),
+            ValueError,
+            r"positions must have shape \[N\] or \[B, N\] matching k of shape \(1, 1, 4, 8\)",
+        ),
+        (
+            lambda: RotaryEmbedding(8)(
+                torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8), offset=1, positions=torch.arange(3)
+            ),
+            ValueError,
+            r"either offset or positions",
+        ),
+        (
+            lambda: apply_rotary(torch.zeros(3, 8), torch.zeros(3, 3), torch.zeros(3, 3)),
+            ValueError,
+            r"cos and sin must have the same shape \[..., N, D/2=4\]",
+        ),
+    ],
+)
 def test_rope_bad_arguments(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
@@ -500,11 +549,14 @@ def manual_attention(q, k, v, is_causal):
     return weights @ v, weights
 
 
-@pytest.mark.parametrize("heads_q,heads_kv,seqlen,head_dim,is_causal", [
-    (3, 3, 17, 16, False),
-    (4, 2, 31, 40, True),     # GQA 2:1
-    (8, 1, 33, 64, True),     # GQA 8:1
-])
+@pytest.mark.parametrize(
+    "heads_q,heads_kv,seqlen,head_dim,is_causal",
+    [
+        (3, 3, 17, 16, False),
+        (4, 2, 31, 40, True),  # GQA 2:1
+        (8, 1, 33, 64, True),  # GQA 8:1
+    ],
+)
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_rope_then_fused_attention_matches_float64(heads_q, heads_kv, seqlen, head_dim, is_causal, interleaved):
     rope = RotaryEmbedding(head_dim, interleaved=interleaved)
@@ -512,8 +564,9 @@ def test_rope_then_fused_attention_matches_float64(heads_q, heads_kv, seqlen, he
     k = torch.randn(2, heads_kv, seqlen, head_dim, device=DEVICE)
     v = torch.randn(2, heads_kv, seqlen, head_dim, device=DEVICE)
     q_rot, k_rot = rope(q, k, offset=5)
-    out, weights = attnlens.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=is_causal,
-                                                         enable_gqa=heads_q != heads_kv, return_weights=True)
+    out, weights = attnlens.scaled_dot_product_attention(
+        q_rot, k_rot, v, is_causal=is_causal, enable_gqa=heads_q != heads_kv, return_weights=True
+    )
     positions = range(5, 5 + seqlen)
     q64, k64 = (rope_reference(t, positions, interleaved=interleaved) for t in (q, k))
     exact_out, exact_weights = manual_attention(q64, k64, v.double(), is_causal)

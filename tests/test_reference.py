@@ -14,8 +14,11 @@ TOL = dict(atol=1e-12, rtol=1e-10)
 
 
 def qkv(b=2, hq=4, hkv=4, nq=9, nk=13, d=8):
-    return (torch.randn(b, hq, nq, d, dtype=torch.float64), torch.randn(b, hkv, nk, d, dtype=torch.float64),
-            torch.randn(b, hkv, nk, d, dtype=torch.float64))
+    return (
+        torch.randn(b, hq, nq, d, dtype=torch.float64),
+        torch.randn(b, hkv, nk, d, dtype=torch.float64),
+        torch.randn(b, hkv, nk, d, dtype=torch.float64),
+    )
 
 
 def torch_sdpa(*args, **kwargs):
@@ -23,14 +26,17 @@ def torch_sdpa(*args, **kwargs):
         return F.scaled_dot_product_attention(*args, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"is_causal": True},
-    {"scale": 0.3},
-    {"attn_mask": "bool"},
-    {"attn_mask": "float"},
-    {"attn_mask": "bool_broadcast"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"is_causal": True},
+        {"scale": 0.3},
+        {"attn_mask": "bool"},
+        {"attn_mask": "float"},
+        {"attn_mask": "bool_broadcast"},
+    ],
+)
 def test_matches_torch_sdpa(kwargs):
     q, k, v = qkv()
     kwargs = dict(kwargs)
@@ -42,8 +48,9 @@ def test_matches_torch_sdpa(kwargs):
     elif kwargs.get("attn_mask") == "bool_broadcast":
         kwargs["attn_mask"] = torch.rand(13) > 0.3
         kwargs["attn_mask"][0] = True
-    torch.testing.assert_close(reference.scaled_dot_product_attention(q, k, v, **kwargs),
-                               torch_sdpa(q, k, v, **kwargs), **TOL)
+    torch.testing.assert_close(
+        reference.scaled_dot_product_attention(q, k, v, **kwargs), torch_sdpa(q, k, v, **kwargs), **TOL
+    )
 
 
 def test_gqa_matches_torch():
@@ -96,9 +103,10 @@ def test_empty_rows_are_zero():
 def test_dropout_with_given_mask():
     q, k, v = qkv()
     keep = torch.rand(2, 4, 9, 13) > 0.25
-    out, weights = reference.scaled_dot_product_attention(q, k, v, dropout_p=0.25, dropout_mask=keep,
-                                                          return_weights=True)
-    probs = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1)
+    out, weights = reference.scaled_dot_product_attention(
+        q, k, v, dropout_p=0.25, dropout_mask=keep, return_weights=True
+    )
+    probs = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1)
     torch.testing.assert_close(weights, probs * keep / 0.75, **TOL)
     torch.testing.assert_close(out, weights @ v, **TOL)
 
@@ -132,8 +140,8 @@ def test_weights_match_nn_multihead_attention(average, masks):
         module_kwargs["key_padding_mask"] = pad
         ours_kwargs["key_padding_mask"] = pad
     if masks in ("attn_bool", "both"):
-        module_kwargs["attn_mask"] = ~mask_bool      # nn.MultiheadAttention: True = masked out
-        ours_kwargs["attn_mask"] = mask_bool          # attnlens / SDPA: True = attend
+        module_kwargs["attn_mask"] = ~mask_bool  # nn.MultiheadAttention: True = masked out
+        ours_kwargs["attn_mask"] = mask_bool  # attnlens / SDPA: True = attend
     if masks == "attn_float":
         module_kwargs["attn_mask"] = mask_float
         ours_kwargs["attn_mask"] = mask_float
@@ -144,9 +152,14 @@ def test_weights_match_nn_multihead_attention(average, masks):
 
     def heads_of(x, w, b):
         return F.linear(x, w, b).unflatten(-1, (heads, embed // heads)).transpose(1, 2)
+
     out, weights = reference.scaled_dot_product_attention(
-        heads_of(query, w_q, b_q), heads_of(memory, w_k, b_k), heads_of(memory, w_v, b_v),
-        return_weights="mean" if average else True, **ours_kwargs)
+        heads_of(query, w_q, b_q),
+        heads_of(memory, w_k, b_k),
+        heads_of(memory, w_v, b_v),
+        return_weights="mean" if average else True,
+        **ours_kwargs,
+    )
     torch.testing.assert_close(weights, w_mod, **TOL)
     merged = mha.out_proj(out.transpose(1, 2).flatten(2))
     torch.testing.assert_close(merged, out_mod, **TOL)

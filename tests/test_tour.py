@@ -16,10 +16,20 @@ from attnlens.__main__ import main
 
 SMALL = dict(steps=25, d_model=32, nhead=2, num_layers=1, progress=False)
 EXPECTED_PICTURES = {
-    "masks.png", "positional_heatmap.png", "positional_curves.png", "positional_similarity.png",
-    "training_curves.png", "cross_attention.png", "encoder_heads.png", "encoder_layers.png",
-    "decoder_self_layers.png", "cross_layers.png", "rollout.png", "attention_received.png",
-    "statistics.png", "long_input.png",
+    "masks.png",
+    "positional_heatmap.png",
+    "positional_curves.png",
+    "positional_similarity.png",
+    "training_curves.png",
+    "cross_attention.png",
+    "encoder_heads.png",
+    "encoder_layers.png",
+    "decoder_self_layers.png",
+    "cross_layers.png",
+    "rollout.png",
+    "attention_received.png",
+    "statistics.png",
+    "long_input.png",
 }
 
 
@@ -79,8 +89,27 @@ def test_sentence_longer_than_training_data_is_refused(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--d-model", "16", "--heads", "2",
-                 "--layers", "1", "--sentence", "p q r", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "2",
+                "--d-model",
+                "16",
+                "--heads",
+                "2",
+                "--layers",
+                "1",
+                "--sentence",
+                "p q r",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "input:  p q r" in printed
     assert os.path.exists(tmp_path / "index.html")

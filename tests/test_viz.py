@@ -69,6 +69,7 @@ def sinusoidal(max_len: int, d: int) -> np.ndarray:
 # attention_heatmap
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "torch"])
 def test_heatmap_draws_weights_with_token_labels(as_tensor):
     weights = random_weights(N, N)
@@ -186,17 +187,20 @@ def test_max_labels_controls_thinning():
     assert xlabels(ax) == ["w0", "w4", "w8", "w12", "w16"]
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda: viz.attention_heatmap(np.ones((2, N, N)), TOKENS), ValueError, ["weights", "[Nq, Nk]", "3-D"]),
-    (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS[:-1]), ValueError, ["tokens_q", "5 labels", "6"]),
-    (lambda: viz.attention_heatmap(np.ones((N, N)), "the cat sat on the mat"), TypeError, ["tokens_q", "split"]),
-    (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, mask=np.ones((N, N))), TypeError, ["mask", "bool"]),
-    (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, mask=CAUSAL[:3]), ValueError, ["mask", "(3, 6)"]),
-    (lambda: viz.attention_heatmap(np.ones((0, 0)), []), ValueError, ["weights", "empty"]),
-    (lambda: viz.attention_heatmap(np.array([["a", "b"]]), None), TypeError, ["weights"]),
-    (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, ax="left"), TypeError, ["ax", "Axes"]),
-    (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, cmap=3), TypeError, ["cmap"]),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: viz.attention_heatmap(np.ones((2, N, N)), TOKENS), ValueError, ["weights", "[Nq, Nk]", "3-D"]),
+        (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS[:-1]), ValueError, ["tokens_q", "5 labels", "6"]),
+        (lambda: viz.attention_heatmap(np.ones((N, N)), "the cat sat on the mat"), TypeError, ["tokens_q", "split"]),
+        (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, mask=np.ones((N, N))), TypeError, ["mask", "bool"]),
+        (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, mask=CAUSAL[:3]), ValueError, ["mask", "(3, 6)"]),
+        (lambda: viz.attention_heatmap(np.ones((0, 0)), []), ValueError, ["weights", "empty"]),
+        (lambda: viz.attention_heatmap(np.array([["a", "b"]]), None), TypeError, ["weights"]),
+        (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, ax="left"), TypeError, ["ax", "Axes"]),
+        (lambda: viz.attention_heatmap(np.ones((N, N)), TOKENS, cmap=3), TypeError, ["cmap"]),
+    ],
+)
 def test_heatmap_rejects_bad_input_naming_the_argument(call, error, words):
     with pytest.raises(error) as info:
         call()
@@ -207,6 +211,7 @@ def test_heatmap_rejects_bad_input_naming_the_argument(call, error, words):
 # ---------------------------------------------------------------------------------------------
 # attention_heads and attention_layers
 # ---------------------------------------------------------------------------------------------
+
 
 def test_heads_side_by_side_on_one_scale():
     weights = random_weights(3, N, N)
@@ -289,6 +294,7 @@ def test_layers_draw_into_a_subfigure():
 # positional encodings
 # ---------------------------------------------------------------------------------------------
 
+
 def test_positional_encoding_heatmap():
     pe = sinusoidal(50, 16)
     ax = image_axes(render(viz.positional_encoding_heatmap(torch.tensor(pe, dtype=torch.float32))))[0]
@@ -347,6 +353,7 @@ def test_positional_functions_reject_a_batched_buffer():
 # attention received: bars, statistics, table
 # ---------------------------------------------------------------------------------------------
 
+
 def bar_heights(container) -> np.ndarray:
     return np.array([patch.get_height() for patch in container.patches])
 
@@ -393,13 +400,16 @@ def test_received_bar_long_input_thins_labels():
     assert xlabels(ax) == [tokens[int(p)] for p in ax.get_xticks()]
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda: viz.attention_received_bar(random_weights(N, N), TOKENS, head=0), ["head=0", "[H, Nq, Nk]"]),
-    (lambda: viz.attention_received_bar(random_weights(2, N, N), TOKENS, head=2), ["head", "[0, 2)"]),
-    (lambda: viz.attention_received_bar(random_weights(2, N, N), TOKENS, head="max"), ["head", "'max'"]),
-    (lambda: viz.attention_received_bar(random_weights(N, N), TOKENS[:2]), ["tokens", "2 labels"]),
-    (lambda: viz.attention_statistics(random_weights(N), TOKENS), ["weights", "1-D"]),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: viz.attention_received_bar(random_weights(N, N), TOKENS, head=0), ["head=0", "[H, Nq, Nk]"]),
+        (lambda: viz.attention_received_bar(random_weights(2, N, N), TOKENS, head=2), ["head", "[0, 2)"]),
+        (lambda: viz.attention_received_bar(random_weights(2, N, N), TOKENS, head="max"), ["head", "'max'"]),
+        (lambda: viz.attention_received_bar(random_weights(N, N), TOKENS[:2]), ["tokens", "2 labels"]),
+        (lambda: viz.attention_statistics(random_weights(N), TOKENS), ["weights", "1-D"]),
+    ],
+)
 def test_received_rejects_bad_input(call, words):
     with pytest.raises(ValueError) as info:
         call()
@@ -487,6 +497,7 @@ def test_statistics_table_keeps_the_most_attended_keys_when_long():
 # training curves
 # ---------------------------------------------------------------------------------------------
 
+
 def test_training_curves_plot_the_history():
     history = {
         "step": [10, 20, 30, 40],
@@ -524,15 +535,18 @@ def test_training_curves_accept_a_dataframe_with_nan_padded_validation():
     np.testing.assert_array_equal(ax.lines[1].get_ydata(), frame["val_loss"].to_numpy())
 
 
-@pytest.mark.parametrize("history, error, words", [
-    ({"accuracy": [0.5]}, ValueError, ["'loss'", "accuracy"]),
-    ({"loss": []}, ValueError, ["empty"]),
-    ({"loss": [1.0, 0.5], "step": [1]}, ValueError, ["history['step']", "1 values", "2"]),
-    ({"loss": [1.0, 0.5], "accuracy": [0.5]}, ValueError, ["history['accuracy']", "1 values"]),
-    ({"loss": [1.0, 0.5, 0.2], "val_loss": [0.9]}, ValueError, ["val_step"]),
-    ({"loss": [[1.0, 0.5]]}, ValueError, ["history['loss']", "1-D"]),
-    ([1.0, 0.5], TypeError, ["history", "mapping"]),
-])
+@pytest.mark.parametrize(
+    "history, error, words",
+    [
+        ({"accuracy": [0.5]}, ValueError, ["'loss'", "accuracy"]),
+        ({"loss": []}, ValueError, ["empty"]),
+        ({"loss": [1.0, 0.5], "step": [1]}, ValueError, ["history['step']", "1 values", "2"]),
+        ({"loss": [1.0, 0.5], "accuracy": [0.5]}, ValueError, ["history['accuracy']", "1 values"]),
+        ({"loss": [1.0, 0.5, 0.2], "val_loss": [0.9]}, ValueError, ["val_step"]),
+        ({"loss": [[1.0, 0.5]]}, ValueError, ["history['loss']", "1-D"]),
+        ([1.0, 0.5], TypeError, ["history", "mapping"]),
+    ],
+)
 def test_training_curves_reject_bad_history(history, error, words):
     with pytest.raises(error) as info:
         viz.training_curves(history)
@@ -543,6 +557,7 @@ def test_training_curves_reject_bad_history(history, error, words):
 # ---------------------------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------------------------
+
 
 def test_mask_picture_single_mask():
     ax = image_axes(render(viz.mask_picture(torch.tensor(CAUSAL), TOKENS)))[0]
@@ -567,14 +582,17 @@ def test_mask_picture_named_masks_side_by_side():
     assert [ax.get_title() for ax in listed] == ["mask 0", "mask 1"]
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda: viz.mask_picture(CAUSAL.astype(float)), TypeError, ["mask", "bool", "True = attend"]),
-    (lambda: viz.mask_picture(np.ones(N, dtype=bool)), ValueError, ["key_padding_mask", "True = padding"]),
-    (lambda: viz.mask_picture(np.ones((1, N, N), dtype=bool)), ValueError, ["[Nq, Nk]", "3-D"]),
-    (lambda: viz.mask_picture({"a": CAUSAL, "b": CAUSAL[:3]}, TOKENS), ValueError, ["tokens_q", "3"]),
-    (lambda: viz.mask_picture({"a": CAUSAL, "b": CAUSAL}, ax=Figure().add_subplot()), ValueError, ["ax", "2"]),
-    (lambda: viz.mask_picture({}), ValueError, ["empty"]),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: viz.mask_picture(CAUSAL.astype(float)), TypeError, ["mask", "bool", "True = attend"]),
+        (lambda: viz.mask_picture(np.ones(N, dtype=bool)), ValueError, ["key_padding_mask", "True = padding"]),
+        (lambda: viz.mask_picture(np.ones((1, N, N), dtype=bool)), ValueError, ["[Nq, Nk]", "3-D"]),
+        (lambda: viz.mask_picture({"a": CAUSAL, "b": CAUSAL[:3]}, TOKENS), ValueError, ["tokens_q", "3"]),
+        (lambda: viz.mask_picture({"a": CAUSAL, "b": CAUSAL}, ax=Figure().add_subplot()), ValueError, ["ax", "2"]),
+        (lambda: viz.mask_picture({}), ValueError, ["empty"]),
+    ],
+)
 def test_mask_picture_rejects_bad_input(call, error, words):
     with pytest.raises(error) as info:
         call()
@@ -585,6 +603,7 @@ def test_mask_picture_rejects_bad_input(call, error, words):
 # ---------------------------------------------------------------------------------------------
 # attention rollout
 # ---------------------------------------------------------------------------------------------
+
 
 def test_rollout_two_layers_by_hand():
     # A = 0.5 W + 0.5 I, rows renormalised:
@@ -618,16 +637,19 @@ def test_rollout_identities():
     np.testing.assert_allclose(viz.attention_rollout(weights, residual=1.0), np.eye(5))
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda: viz.attention_rollout([np.ones((2, 3))]), ValueError, ["per_layer_weights[0]", "square", "(2, 3)"]),
-    (lambda: viz.attention_rollout([np.eye(2), np.eye(3)]), ValueError, ["per_layer_weights[1]", "3", "2"]),
-    (lambda: viz.attention_rollout([np.full((2, 2), np.nan)]), ValueError, ["NaN"]),
-    (lambda: viz.attention_rollout([-np.eye(2)]), ValueError, ["negative"]),
-    (lambda: viz.attention_rollout(np.eye(3)), ValueError, ["[L, N, N]", "2-D"]),
-    (lambda: viz.attention_rollout([np.ones((1, 1, 2, 2))]), ValueError, ["[H, N, N]", "4-D"]),
-    (lambda: viz.attention_rollout([np.eye(2)], residual=1.5), ValueError, ["residual", "[0, 1]"]),
-    (lambda: viz.attention_rollout([]), TypeError, ["per_layer_weights"]),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: viz.attention_rollout([np.ones((2, 3))]), ValueError, ["per_layer_weights[0]", "square", "(2, 3)"]),
+        (lambda: viz.attention_rollout([np.eye(2), np.eye(3)]), ValueError, ["per_layer_weights[1]", "3", "2"]),
+        (lambda: viz.attention_rollout([np.full((2, 2), np.nan)]), ValueError, ["NaN"]),
+        (lambda: viz.attention_rollout([-np.eye(2)]), ValueError, ["negative"]),
+        (lambda: viz.attention_rollout(np.eye(3)), ValueError, ["[L, N, N]", "2-D"]),
+        (lambda: viz.attention_rollout([np.ones((1, 1, 2, 2))]), ValueError, ["[H, N, N]", "4-D"]),
+        (lambda: viz.attention_rollout([np.eye(2)], residual=1.5), ValueError, ["residual", "[0, 1]"]),
+        (lambda: viz.attention_rollout([]), TypeError, ["per_layer_weights"]),
+    ],
+)
 def test_rollout_rejects_bad_input(call, error, words):
     with pytest.raises(error) as info:
         call()

@@ -60,12 +60,14 @@ def to_numpy(value: ArrayLike, name: str) -> np.ndarray:
         return array.astype(np.float32) if array.dtype == np.float16 else array
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float64)
-    raise TypeError(f"{name} must be a tensor or array of real numbers, got {type(value).__name__} "
-                    f"with dtype {array.dtype}")
+    raise TypeError(
+        f"{name} must be a tensor or array of real numbers, got {type(value).__name__} with dtype {array.dtype}"
+    )
 
 
-def as_float_array(value: ArrayLike, name: str, ndims: Union[int, Tuple[int, ...]], expected: str,
-                   hint: str = "") -> np.ndarray:
+def as_float_array(
+    value: ArrayLike, name: str, ndims: Union[int, Tuple[int, ...]], expected: str, hint: str = ""
+) -> np.ndarray:
     """``value`` as a floating array with one of the allowed numbers of dimensions.
 
     ``expected`` is the shape the caller documents (``"[Nq, Nk]"``), quoted in the error with
@@ -76,8 +78,10 @@ def as_float_array(value: ArrayLike, name: str, ndims: Union[int, Tuple[int, ...
         array = array.astype(np.float64)
     allowed = (ndims,) if isinstance(ndims, int) else ndims
     if array.ndim not in allowed:
-        raise ValueError(f"{name} must have shape {expected} ({' or '.join(map(str, allowed))}-D), "
-                         f"got {array.ndim}-D shape {tuple(array.shape)}" + (f"; {hint}" if hint else ""))
+        raise ValueError(
+            f"{name} must have shape {expected} ({' or '.join(map(str, allowed))}-D), "
+            f"got {array.ndim}-D shape {tuple(array.shape)}" + (f"; {hint}" if hint else "")
+        )
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
     return array
@@ -87,8 +91,10 @@ def as_bool_mask(value: ArrayLike, name: str, shape: Tuple[int, ...], expected: 
     """A bool mask (True = attended) of exactly ``shape``; nothing is broadcast."""
     array = to_numpy(value, name)
     if array.dtype != np.bool_:
-        raise TypeError(f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
-                        f"for an additive float mask pass `{name} > -inf` (e.g. torch.isfinite(m))")
+        raise TypeError(
+            f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
+            f"for an additive float mask pass `{name} > -inf` (e.g. torch.isfinite(m))"
+        )
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {expected} = {tuple(shape)}, got {tuple(array.shape)}")
     return array
@@ -102,8 +108,10 @@ def as_labels(tokens: Tokens, name: str, length: int, axis: str) -> List[str]:
     if tokens is None:
         return [str(i) for i in range(length)]
     if isinstance(tokens, (str, bytes)):
-        raise TypeError(f"{name} must be a sequence of token labels, got a single string {tokens[:40]!r}; "
-                        f"split it first, e.g. sentence.split()")
+        raise TypeError(
+            f"{name} must be a sequence of token labels, got a single string {tokens[:40]!r}; "
+            f"split it first, e.g. sentence.split()"
+        )
     if hasattr(tokens, "tolist"):  # tensors and arrays of token ids
         tokens = tokens.tolist()
     try:
@@ -120,8 +128,10 @@ def key_labels(tokens_q: Tokens, tokens_k: Tokens, num_queries: int, num_keys: i
     labels_q = as_labels(tokens_q, "tokens_q", num_queries, "queries (rows)")
     if tokens_k is None and tokens_q is not None:
         if num_keys != num_queries:
-            raise ValueError(f"tokens_k is None, so the keys would reuse tokens_q ({num_queries} labels), "
-                             f"but the weights have {num_keys} keys; pass tokens_k")
+            raise ValueError(
+                f"tokens_k is None, so the keys would reuse tokens_q ({num_queries} labels), "
+                f"but the weights have {num_keys} keys; pass tokens_k"
+            )
         return labels_q, list(labels_q)
     return labels_q, as_labels(tokens_k, "tokens_k", num_keys, "keys (columns)")
 
@@ -217,8 +227,15 @@ def annotate_cells(ax: Axes, image: AxesImage, data: np.ma.MaskedArray, value_fo
                 continue
             red, green, blue = rgba[i, j, :3]
             luminance = 0.299 * red + 0.587 * green + 0.114 * blue
-            ax.text(j, i, value_format.format(float(data[i, j])), ha="center", va="center",
-                    fontsize=fontsize, color="black" if luminance > 0.5 else "white")
+            ax.text(
+                j,
+                i,
+                value_format.format(float(data[i, j])),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="black" if luminance > 0.5 else "white",
+            )
 
 
 def draw_matrix(
@@ -242,8 +259,13 @@ def draw_matrix(
     """
     data = masked_values(values, allowed)
     low, high = color_limits(data, vmin, vmax)
-    image = ax.imshow(data, cmap=resolve_cmap(cmap), norm=Normalize(low, high), aspect="auto",
-                      interpolation="nearest" if max(values.shape) <= 256 else "antialiased")
+    image = ax.imshow(
+        data,
+        cmap=resolve_cmap(cmap),
+        norm=Normalize(low, high),
+        aspect="auto",
+        interpolation="nearest" if max(values.shape) <= 256 else "antialiased",
+    )
     if row_labels is not None:
         set_token_ticks(ax, "y", row_labels, max_labels)
     if col_labels is not None:

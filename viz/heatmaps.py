@@ -71,15 +71,27 @@ def attention_heatmap(
         The Figure drawn into. ``ax.images[0]`` holds the weights as a masked array.
     """
     check_ax(ax)
-    values = as_float_array(weights, "weights", 2, "[Nq, Nk]",
-                            "select one example and head first, e.g. weights[0, h] of [B, H, Nq, Nk]")
+    values = as_float_array(
+        weights, "weights", 2, "[Nq, Nk]", "select one example and head first, e.g. weights[0, h] of [B, H, Nq, Nk]"
+    )
     num_queries, num_keys = values.shape
     labels_q, labels_k = key_labels(tokens_q, tokens_k, num_queries, num_keys)
     allowed = None if mask is None else as_bool_mask(mask, "mask", values.shape, "[Nq, Nk]")
     if ax is None:
         ax = new_figure(*matrix_figure_size(num_queries, num_keys)).add_subplot()
-    image = draw_matrix(ax, values, allowed=allowed, row_labels=labels_q, col_labels=labels_k, cmap=cmap,
-                        vmin=vmin, vmax=vmax, annotate=annotate, value_format=value_format, max_labels=max_labels)
+    image = draw_matrix(
+        ax,
+        values,
+        allowed=allowed,
+        row_labels=labels_q,
+        col_labels=labels_k,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        annotate=annotate,
+        value_format=value_format,
+        max_labels=max_labels,
+    )
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     if title is not None:
@@ -100,8 +112,9 @@ def _per_head_mask(mask: Optional[ArrayLike], shape: tuple, name: str, expected:
     return as_bool_mask(array, name, shape, expected)
 
 
-def _shared_limits(values: np.ndarray, allowed: Optional[np.ndarray], vmin: Optional[float],
-                   vmax: Optional[float]) -> tuple:
+def _shared_limits(
+    values: np.ndarray, allowed: Optional[np.ndarray], vmin: Optional[float], vmax: Optional[float]
+) -> tuple:
     """One colour scale for every panel, so equal colours mean equal weights across heads and layers."""
     return color_limits(masked_values(values, allowed), vmin, vmax)
 
@@ -138,8 +151,13 @@ def attention_heads(
         shows key labels; the first column shows query labels.
     """
     check_fig(fig)
-    values = as_float_array(weights, "weights", 3, "[H, Nq, Nk]",
-                            "select one example first, e.g. weights[0] of [B, H, Nq, Nk]; one head: weights[None]")
+    values = as_float_array(
+        weights,
+        "weights",
+        3,
+        "[H, Nq, Nk]",
+        "select one example first, e.g. weights[0] of [B, H, Nq, Nk]; one head: weights[None]",
+    )
     num_heads, num_queries, num_keys = values.shape
     labels_q, labels_k = key_labels(tokens, tokens_k, num_queries, num_keys)
     allowed = _per_head_mask(mask, values.shape, "mask", "[H, Nq, Nk]")
@@ -161,10 +179,19 @@ def attention_heads(
     for head in range(num_heads):
         row, col = divmod(head, ncols)
         ax = fig.add_subplot(grid[row, col])
-        image = draw_matrix(ax, values[head], allowed=None if allowed is None else allowed[head],
-                            row_labels=labels_q if col == 0 else None, col_labels=labels_k, cmap=cmap,
-                            vmin=low, vmax=high, annotate=annotate, value_format=value_format,
-                            max_labels=max_labels)
+        image = draw_matrix(
+            ax,
+            values[head],
+            allowed=None if allowed is None else allowed[head],
+            row_labels=labels_q if col == 0 else None,
+            col_labels=labels_k,
+            cmap=cmap,
+            vmin=low,
+            vmax=high,
+            annotate=annotate,
+            value_format=value_format,
+            max_labels=max_labels,
+        )
         if col != 0:
             ax.set_yticks([])
         else:
@@ -183,13 +210,17 @@ def _stack_layers(per_layer_weights: Union[ArrayLike, Sequence[ArrayLike]]) -> n
     if is_array(per_layer_weights):
         return as_float_array(per_layer_weights, "per_layer_weights", 4, "[L, H, Nq, Nk]")
     if not isinstance(per_layer_weights, (list, tuple)) or not per_layer_weights:
-        raise TypeError("per_layer_weights must be a [L, H, Nq, Nk] tensor/array or a non-empty list of "
-                        f"[H, Nq, Nk] tensors/arrays, got {type(per_layer_weights).__name__}")
+        raise TypeError(
+            "per_layer_weights must be a [L, H, Nq, Nk] tensor/array or a non-empty list of "
+            f"[H, Nq, Nk] tensors/arrays, got {type(per_layer_weights).__name__}"
+        )
     layers = [as_float_array(w, f"per_layer_weights[{i}]", 3, "[H, Nq, Nk]") for i, w in enumerate(per_layer_weights)]
     for i, layer in enumerate(layers):
         if layer.shape != layers[0].shape:
-            raise ValueError(f"per_layer_weights[{i}] has shape {layer.shape} but per_layer_weights[0] has "
-                             f"{layers[0].shape}; every layer must have the same [H, Nq, Nk]")
+            raise ValueError(
+                f"per_layer_weights[{i}] has shape {layer.shape} but per_layer_weights[0] has "
+                f"{layers[0].shape}; every layer must have the same [H, Nq, Nk]"
+            )
     return np.stack(layers)
 
 
@@ -244,11 +275,19 @@ def attention_layers(
         for head in range(num_heads):
             ax = fig.add_subplot(grid[layer, head])
             first_col, last_row = head == 0, layer == num_layers - 1
-            image = draw_matrix(ax, values[layer, head],
-                                allowed=None if allowed is None else allowed[layer, head],
-                                row_labels=labels_q if first_col else None,
-                                col_labels=labels_k if last_row else None, cmap=cmap, vmin=low, vmax=high,
-                                annotate=annotate, value_format=value_format, max_labels=max_labels)
+            image = draw_matrix(
+                ax,
+                values[layer, head],
+                allowed=None if allowed is None else allowed[layer, head],
+                row_labels=labels_q if first_col else None,
+                col_labels=labels_k if last_row else None,
+                cmap=cmap,
+                vmin=low,
+                vmax=high,
+                annotate=annotate,
+                value_format=value_format,
+                max_labels=max_labels,
+            )
             if not first_col:
                 ax.set_yticks([])
             else:

@@ -49,27 +49,39 @@ def _named_masks(mask: Masks) -> List[Tuple[str, np.ndarray]]:
     for title, value, name in items:
         array = to_numpy(value, name)
         if array.dtype != np.bool_:
-            raise TypeError(f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
-                            f"for an additive float mask pass `{name} > -inf`")
+            raise TypeError(
+                f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
+                f"for an additive float mask pass `{name} > -inf`"
+            )
         if array.ndim == 1:
-            raise ValueError(f"{name} must have shape [Nq, Nk], got 1-D shape {tuple(array.shape)}; a "
-                             f"key_padding_mask [Nk] means True = padding, so draw "
-                             f"~key_padding_mask[None, :].expand(Nq, Nk) (numpy: np.broadcast_to)")
+            raise ValueError(
+                f"{name} must have shape [Nq, Nk], got 1-D shape {tuple(array.shape)}; a "
+                f"key_padding_mask [Nk] means True = padding, so draw "
+                f"~key_padding_mask[None, :].expand(Nq, Nk) (numpy: np.broadcast_to)"
+            )
         if array.ndim != 2:
-            raise ValueError(f"{name} must have shape [Nq, Nk], got {array.ndim}-D shape {tuple(array.shape)}; "
-                             f"select one example and head first (m[0, 0])")
+            raise ValueError(
+                f"{name} must have shape [Nq, Nk], got {array.ndim}-D shape {tuple(array.shape)}; "
+                f"select one example and head first (m[0, 0])"
+            )
         if array.size == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
         named.append((title, array))
     return named
 
 
-def _draw_mask(ax: Axes, allowed: np.ndarray, labels_q: Sequence[str], labels_k: Sequence[str],
-               max_labels: int) -> None:
+def _draw_mask(
+    ax: Axes, allowed: np.ndarray, labels_q: Sequence[str], labels_k: Sequence[str], max_labels: int
+) -> None:
     cmap = ListedColormap([BLOCKED_COLOR, ATTEND_COLOR])
     # The image holds 1 where the query attends and 0 where it is blocked.
-    ax.imshow(allowed.astype(np.float64), cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5], 2), aspect="auto",
-              interpolation="nearest")
+    ax.imshow(
+        allowed.astype(np.float64),
+        cmap=cmap,
+        norm=BoundaryNorm([-0.5, 0.5, 1.5], 2),
+        aspect="auto",
+        interpolation="nearest",
+    )
     set_token_ticks(ax, "y", labels_q, max_labels)
     set_token_ticks(ax, "x", labels_k, max_labels)
     num_queries, num_keys = allowed.shape
@@ -128,10 +140,11 @@ def mask_picture(
         _draw_mask(panel, allowed, labels_q, labels_k, max_labels)
         if name:
             panel.set_title(name)
-    handles = [Patch(facecolor=ATTEND_COLOR, label="attend (True)"),
-               Patch(facecolor=BLOCKED_COLOR, label="blocked (False)")]
-    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                    fontsize="small")
+    handles = [
+        Patch(facecolor=ATTEND_COLOR, label="attend (True)"),
+        Patch(facecolor=BLOCKED_COLOR, label="blocked (False)"),
+    ]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
     if title is not None:
         if len(axes) == 1 and not named[0][0]:
             axes[0].set_title(title)

@@ -23,8 +23,7 @@ from attnlens.viz._common import (
 
 
 def _as_encoding(pe: ArrayLike) -> np.ndarray:
-    return as_float_array(pe, "pe", 2, "[max_len, d] (positions x dimensions; for a [1, max_len, d] "
-                                       "buffer pass pe[0])")
+    return as_float_array(pe, "pe", 2, "[max_len, d] (positions x dimensions; for a [1, max_len, d] buffer pass pe[0])")
 
 
 def positional_encoding_heatmap(
@@ -54,8 +53,13 @@ def positional_encoding_heatmap(
     bound = float(np.abs(data).max()) if data.count() else 1.0
     bound = bound if bound > 0 else 1.0
     # Symmetric limits put 0 at the neutral middle colour of a diverging map.
-    image = ax.imshow(data, cmap=resolve_cmap(cmap), norm=Normalize(-bound, bound), aspect="auto",
-                      interpolation="nearest" if max(values.shape) <= 256 else "antialiased")
+    image = ax.imshow(
+        data,
+        cmap=resolve_cmap(cmap),
+        norm=Normalize(-bound, bound),
+        aspect="auto",
+        interpolation="nearest" if max(values.shape) <= 256 else "antialiased",
+    )
     ax.set_xlabel("dimension")
     ax.set_ylabel("position")
     if title:
@@ -168,8 +172,11 @@ def positional_encoding_similarity(
     image = draw_matrix(ax, similarity, cmap=cmap, vmin=low, vmax=high, annotate=False)
     ax.set_xlabel("position")
     ax.set_ylabel("position")
-    ax.set_title(title if title is not None else
-                 ("cosine similarity of positions" if normalize else "dot product of positions (PE PE^T)"))
+    ax.set_title(
+        title
+        if title is not None
+        else ("cosine similarity of positions" if normalize else "dot product of positions (PE PE^T)")
+    )
     if colorbar:
         label = "cosine similarity" if normalize else "dot product"
         ax.figure.colorbar(image, ax=ax, label=colorbar_label(label, image.get_array()))

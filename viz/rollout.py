@@ -40,27 +40,35 @@ def _layer_matrices(per_layer_weights: PerLayerWeights) -> List[np.ndarray]:
         stacked = as_float_array(per_layer_weights, "per_layer_weights", (3, 4), "[L, N, N] or [L, H, N, N]")
         layers = [(f"per_layer_weights[{i}]", stacked[i]) for i in range(stacked.shape[0])]
     elif isinstance(per_layer_weights, (list, tuple)) and per_layer_weights:
-        layers = [(f"per_layer_weights[{i}]",
-                   as_float_array(w, f"per_layer_weights[{i}]", (2, 3), "[N, N] or [H, N, N]"))
-                  for i, w in enumerate(per_layer_weights)]
+        layers = [
+            (f"per_layer_weights[{i}]", as_float_array(w, f"per_layer_weights[{i}]", (2, 3), "[N, N] or [H, N, N]"))
+            for i, w in enumerate(per_layer_weights)
+        ]
     else:
-        raise TypeError("per_layer_weights must be a [L, N, N] or [L, H, N, N] tensor/array, or a non-empty "
-                        f"list of [N, N] or [H, N, N] ones, got {type(per_layer_weights).__name__}")
+        raise TypeError(
+            "per_layer_weights must be a [L, N, N] or [L, H, N, N] tensor/array, or a non-empty "
+            f"list of [N, N] or [H, N, N] ones, got {type(per_layer_weights).__name__}"
+        )
     matrices = []
     for name, weights in layers:
         if weights.shape[-1] != weights.shape[-2]:
-            raise ValueError(f"{name} has shape {weights.shape}: rollout needs self-attention, square "
-                             f"[..., N, N] weights (Nq == Nk)")
+            raise ValueError(
+                f"{name} has shape {weights.shape}: rollout needs self-attention, square [..., N, N] weights (Nq == Nk)"
+            )
         if not np.all(np.isfinite(weights)):
-            raise ValueError(f"{name} has NaN or infinite weights; rollout needs probabilities "
-                             "(masked cells as 0, as the kernel returns them)")
+            raise ValueError(
+                f"{name} has NaN or infinite weights; rollout needs probabilities "
+                "(masked cells as 0, as the kernel returns them)"
+            )
         if np.any(weights < 0):
             raise ValueError(f"{name} has negative weights (min {weights.min():.3g}); rollout needs probabilities")
         # Heads are averaged, as in the paper, before the layers are chained.
         matrix = weights.astype(np.float64) if weights.ndim == 2 else weights.astype(np.float64).mean(axis=0)
         if matrices and matrix.shape != matrices[0].shape:
-            raise ValueError(f"{name} covers {matrix.shape[0]} tokens but per_layer_weights[0] covers "
-                             f"{matrices[0].shape[0]}; every layer must see the same sequence")
+            raise ValueError(
+                f"{name} covers {matrix.shape[0]} tokens but per_layer_weights[0] covers "
+                f"{matrices[0].shape[0]}; every layer must see the same sequence"
+            )
         matrices.append(matrix)
     return matrices
 
@@ -127,13 +135,24 @@ def attention_rollout_heatmap(
     labels = as_labels(tokens, "tokens", size, "tokens (rows and columns)")
     if ax is None:
         ax = new_figure(*matrix_figure_size(size, size)).add_subplot()
-    image = draw_matrix(ax, rollout, row_labels=labels, col_labels=labels, cmap=cmap, vmin=vmin, vmax=vmax,
-                        annotate=annotate, value_format=value_format, max_labels=max_labels)
+    image = draw_matrix(
+        ax,
+        rollout,
+        row_labels=labels,
+        col_labels=labels,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        annotate=annotate,
+        value_format=value_format,
+        max_labels=max_labels,
+    )
     ax.set_xlabel("input token")
     ax.set_ylabel("output position")
     num_layers = len(per_layer_weights)
-    ax.set_title(title if title is not None else
-                 f"attention rollout over {num_layers} layer{'s' if num_layers != 1 else ''}")
+    ax.set_title(
+        title if title is not None else f"attention rollout over {num_layers} layer{'s' if num_layers != 1 else ''}"
+    )
     if colorbar:
         ax.figure.colorbar(image, ax=ax, label=colorbar_label("share of input token", image.get_array()))
     return root_figure(ax)

@@ -66,7 +66,7 @@ def _column_statistics(values: np.ndarray, excluded: np.ndarray) -> Dict[str, np
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = kept.sum(axis=0) / counted
         deviation = np.where(excluded, 0.0, values - mean)
-        std = np.sqrt((deviation ** 2).sum(axis=0) / counted)
+        std = np.sqrt((deviation**2).sum(axis=0) / counted)
     empty = counted == 0
     low = np.where(empty, np.nan, np.where(excluded, np.inf, values).min(axis=0))
     high = np.where(empty, np.nan, np.where(excluded, -np.inf, values).max(axis=0))
@@ -178,8 +178,10 @@ def attention_statistics(
         import pandas
     except ImportError:
         if as_frame:
-            raise ImportError("attention_statistics(as_frame=True) needs pandas; install it or pass "
-                              "as_frame=False for a list of dicts") from None
+            raise ImportError(
+                "attention_statistics(as_frame=True) needs pandas; install it or pass "
+                "as_frame=False for a list of dicts"
+            ) from None
         return rows
     return pandas.DataFrame.from_records(rows)
 

@@ -19,8 +19,9 @@ def _series(history: Any, key: str) -> Optional[np.ndarray]:
         return None
     values = to_numpy(history[key], f"history[{key!r}]")
     if values.ndim != 1:
-        raise ValueError(f"history[{key!r}] must be a 1-D sequence (one value per step), "
-                         f"got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"history[{key!r}] must be a 1-D sequence (one value per step), got shape {tuple(values.shape)}"
+        )
     return values.astype(np.float64)
 
 
@@ -29,9 +30,11 @@ def _validation_steps(history: Any, key: str, values: np.ndarray, steps: np.ndar
     val_steps = _series(history, "val_step")
     if val_steps is None:
         if len(values) != len(steps):
-            raise ValueError(f"history[{key!r}] has {len(values)} values but history['loss'] has {len(steps)}; "
-                             "give history['val_step'] with the step of each validation value "
-                             "(or pad with NaN to one value per step)")
+            raise ValueError(
+                f"history[{key!r}] has {len(values)} values but history['loss'] has {len(steps)}; "
+                "give history['val_step'] with the step of each validation value "
+                "(or pad with NaN to one value per step)"
+            )
         return steps
     if len(val_steps) != len(values):
         raise ValueError(f"history['val_step'] has {len(val_steps)} values but history[{key!r}] has {len(values)}")
@@ -42,13 +45,20 @@ def _panel(ax: Axes, history: Any, key: str, steps: np.ndarray, ylabel: str) -> 
     train = _series(history, key)
     if train is not None:
         if len(train) != len(steps):
-            raise ValueError(f"history[{key!r}] has {len(train)} values but history['loss'] has {len(steps)}; "
-                             "training metrics are one value per step")
+            raise ValueError(
+                f"history[{key!r}] has {len(train)} values but history['loss'] has {len(steps)}; "
+                "training metrics are one value per step"
+            )
         ax.plot(steps, train, label="train")
     validation = _series(history, f"val_{key}")
     if validation is not None:
-        ax.plot(_validation_steps(history, f"val_{key}", validation, steps), validation,
-                marker="o", markersize=3, label="validation")
+        ax.plot(
+            _validation_steps(history, f"val_{key}", validation, steps),
+            validation,
+            marker="o",
+            markersize=3,
+            label="validation",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(ylabel)
@@ -75,8 +85,9 @@ def training_curves(history: Any, *, fig: Optional[FigureBase] = None, title: Op
     check_fig(fig)
     # Mappings and DataFrames both have keys(), membership and item access; lists do not.
     if not all(hasattr(history, attr) for attr in ("keys", "__getitem__", "__contains__")):
-        raise TypeError(f"history must be a mapping of metric name to values (a dict or DataFrame), "
-                        f"got {type(history).__name__}")
+        raise TypeError(
+            f"history must be a mapping of metric name to values (a dict or DataFrame), got {type(history).__name__}"
+        )
     loss = _series(history, "loss")
     if loss is None:
         raise ValueError(f"history must contain 'loss'; it has {_keys(history)} (known: {', '.join(KNOWN_KEYS)})")

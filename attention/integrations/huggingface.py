@@ -46,7 +46,8 @@ try:
 except ImportError as _exc:  # transformers missing, or older than 4.53
     raise ImportError(
         "attnlens.integrations.huggingface needs transformers >= 4.53 (AttentionInterface and "
-        "AttentionMaskInterface); install it with: pip install 'attnlens[hf]'") from _exc
+        "AttentionMaskInterface); install it with: pip install 'attnlens[hf]'"
+    ) from _exc
 
 try:  # transformers >= 5 (encoders build their masks through the registry too)
     from transformers.masking_utils import bidirectional_mask_function
@@ -148,19 +149,23 @@ def _unsupported(module: torch.nn.Module, kwargs: dict) -> None:
     if kwargs.get("softcap") is not None:
         raise NotImplementedError(
             f"attn_implementation={NAME!r} does not support logit soft-capping (softcap="
-            f"{kwargs['softcap']}); use attn_implementation='eager' for this model")
+            f"{kwargs['softcap']}); use attn_implementation='eager' for this model"
+        )
     sinks = kwargs.get("s_aux", kwargs.get("sinks"))
     if sinks is not None or isinstance(getattr(module, "sinks", None), torch.Tensor):
         raise NotImplementedError(
             f"attn_implementation={NAME!r} does not support attention sinks; use "
-            f"attn_implementation='eager' for this model")
+            f"attn_implementation='eager' for this model"
+        )
     if kwargs.get("head_mask") is not None:
-        raise NotImplementedError(f"attn_implementation={NAME!r} does not support head_mask; use "
-                                  f"attn_implementation='eager' to mask heads")
+        raise NotImplementedError(
+            f"attn_implementation={NAME!r} does not support head_mask; use attn_implementation='eager' to mask heads"
+        )
     if kwargs.get("cache") is not None:
         raise NotImplementedError(
             f"attn_implementation={NAME!r} does not support continuous batching (a paged cache); "
-            f"use model.generate without it, or attn_implementation='sdpa' for serving")
+            f"use model.generate without it, or attn_implementation='sdpa' for serving"
+        )
 
 
 def _weights_requested(kwargs: dict) -> bool:
@@ -178,8 +183,9 @@ def _weights_requested(kwargs: dict) -> bool:
     return bool(recording) and any(str(key).endswith("attentions") for key in recording)
 
 
-def _resolve_mask(mask: Optional[torch.Tensor], causal: bool, batch: int, seqlen_q: int, seqlen_k: int
-                  ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, str]:
+def _resolve_mask(
+    mask: Optional[torch.Tensor], causal: bool, batch: int, seqlen_q: int, seqlen_k: int
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, str]:
     """``(attn_mask, key_padding_mask, is_causal, causal_alignment)`` for the kernels, from the
     mask a model passes its attention layers and the layer's causality."""
     if mask is None:
@@ -190,9 +196,13 @@ def _resolve_mask(mask: Optional[torch.Tensor], causal: bool, batch: int, seqlen
     layout = None if _compiling() else getattr(mask, _LAYOUT_ATTRIBUTE, None)
     if layout is not None and (layout.seqlen_q, layout.seqlen_k) == (seqlen_q, seqlen_k):
         return None, layout.key_padding_mask, layout.is_causal, layout.causal_alignment
-    if (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[-1] == seqlen_k
-            and (mask.shape[1] == 1 or mask.stride(1) == 0)
-            and (mask.shape[2] == 1 or mask.stride(2) == 0)):
+    if (
+        mask.dtype == torch.bool
+        and mask.dim() == 4
+        and mask.shape[-1] == seqlen_k
+        and (mask.shape[1] == 1 or mask.stride(1) == 0)
+        and (mask.shape[2] == 1 or mask.stride(2) == 0)
+    ):
         # The same row for every query and head (single-query decoding, or a broadcast padding
         # mask): that row is a key padding mask, which lets the kernels skip padded key blocks.
         keep = mask[:, 0, 0, :]
@@ -232,8 +242,7 @@ def attention_forward(
     batch, heads_q, seqlen_q, _ = query.shape
     seqlen_k = key.shape[2]
     causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", True))
-    attn_mask, key_padding_mask, causal, alignment = _resolve_mask(attention_mask, causal, batch, seqlen_q,
-                                                                   seqlen_k)
+    attn_mask, key_padding_mask, causal, alignment = _resolve_mask(attention_mask, causal, batch, seqlen_q, seqlen_k)
 
     sliding_window = kwargs.get("sliding_window")
     if sliding_window is not None and attention_mask is None and causal and seqlen_k > sliding_window:
@@ -241,7 +250,8 @@ def attention_forward(
         raise NotImplementedError(
             f"sliding_window={sliding_window} reached attn_implementation={NAME!r} without an attention "
             f"mask for {seqlen_k} keys; attnlens applies sliding windows through the mask transformers "
-            f"builds (call attnlens.integrations.huggingface.register() before the model runs)")
+            f"builds (call attnlens.integrations.huggingface.register() before the model runs)"
+        )
 
     position_bias = kwargs.get("position_bias")
     if position_bias is not None:
@@ -255,16 +265,24 @@ def attention_forward(
             raise NotImplementedError(
                 f"attn_implementation={NAME!r} computes no gradient for position_bias (a learned "
                 f"relative bias); train this model with attn_implementation='eager', or run it "
-                f"under torch.no_grad()")
+                f"under torch.no_grad()"
+            )
 
     training = getattr(module, "training", True)
     return_weights = _weights_requested(kwargs)
     result = scaled_dot_product_attention(
-        query, key, value, attn_mask=attn_mask,
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
         dropout_p=float(dropout) if training else 0.0,
-        is_causal=causal, scale=scaling, enable_gqa=heads_q != key.shape[1],
-        key_padding_mask=key_padding_mask, causal_alignment=alignment,
-        return_weights=return_weights)
+        is_causal=causal,
+        scale=scaling,
+        enable_gqa=heads_q != key.shape[1],
+        key_padding_mask=key_padding_mask,
+        causal_alignment=alignment,
+        return_weights=return_weights,
+    )
     out, weights = result if return_weights else (result, None)
     # transformers expects [B, Nq, H, Dv]; the kernels write the output in the query's layout, which
     # for a model's transposed projections makes this transpose contiguous already (no copy).
@@ -282,4 +300,3 @@ def register() -> str:
     AttentionInterface.register(NAME, attention_forward)
     AttentionMaskInterface.register(NAME, attention_mask)
     return NAME
-

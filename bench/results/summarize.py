@@ -30,11 +30,9 @@ import re
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["Result", "Row", "SweepRow", "load", "summarize", "sweep", "markdown", "sweep_markdown", "plot",
-           "main"]
+__all__ = ["Result", "Row", "SweepRow", "load", "summarize", "sweep", "markdown", "sweep_markdown", "plot", "main"]
 
-NOT_A_SPEED_CLAIM = ("CPU smoke run through Triton's interpreter, which proves the suite runs: "
-                     "not a speed claim.")
+NOT_A_SPEED_CLAIM = "CPU smoke run through Triton's interpreter, which proves the suite runs: not a speed claim."
 
 
 MASK_ORDER = {"none": 0, "causal": 1, "padding": 2}
@@ -123,8 +121,9 @@ def load(paths: Iterable[str]) -> List[Result]:
 
 
 def _fastest(times: Dict[Tuple[str, str], Result], op: str) -> Optional[Tuple[str, float]]:
-    candidates = [(r.median_s, impl[len("sdpa-"):]) for (impl, o), r in times.items()
-                  if o == op and impl.startswith("sdpa-")]
+    candidates = [
+        (r.median_s, impl[len("sdpa-") :]) for (impl, o), r in times.items() if o == op and impl.startswith("sdpa-")
+    ]
     if not candidates:
         return None
     best, backend = min(candidates)
@@ -151,8 +150,16 @@ def summarize(results: Sequence[Result]) -> List[DeviceSummary]:
             def get(impl: str, op: str = "fwd", times=times) -> Optional[Result]:
                 return times.get((impl, op))
 
-            row = Row(case, first["family"], first["dtype"], first["head_dim"], first["mask"], first["batch"],
-                      first["heads"], first["seqlen_q"])
+            row = Row(
+                case,
+                first["family"],
+                first["dtype"],
+                first["head_dim"],
+                first["mask"],
+                first["batch"],
+                first["heads"],
+                first["seqlen_q"],
+            )
             fwd, weights, fwdbwd = get("attnlens"), get("attnlens-weights"), get("attnlens", "fwdbwd")
             mha, layer = get("mha-torch-weights"), get("mha-attnlens-weights")
             if fwd:
@@ -164,8 +171,17 @@ def summarize(results: Sequence[Result]) -> List[DeviceSummary]:
             row.fwdbwd = fwdbwd.median_s if fwdbwd else None
             row.sdpa_fwd, row.sdpa_fwdbwd = _fastest(times, "fwd"), _fastest(times, "fwdbwd")
             rows.append(row)
-        rows.sort(key=lambda r: (r.family, 0 if r.family == "grid" else r.batch, r.dtype, r.head_dim,
-                                 MASK_ORDER.get(r.mask, len(MASK_ORDER)), r.mask, r.seqlen))
+        rows.sort(
+            key=lambda r: (
+                r.family,
+                0 if r.family == "grid" else r.batch,
+                r.dtype,
+                r.head_dim,
+                MASK_ORDER.get(r.mask, len(MASK_ORDER)),
+                r.mask,
+                r.seqlen,
+            )
+        )
         out.append(DeviceSummary(device, claims == {True}, versions, sorted(dates), rows))
     return out
 
@@ -204,9 +220,19 @@ def sweep(results: Sequence[Result]) -> List[SweepRow]:
         default = by_config.get("default")
         best = min(by_config.values(), key=lambda r: r.median_s)
         any_result = default or best
-        rows.append(SweepRow(device, case, kernel, any_result.op,
-                             any_result.info.get("default_config", "?"), default.median_s if default else None,
-                             best.info["config"], best.median_s, len(by_config)))
+        rows.append(
+            SweepRow(
+                device,
+                case,
+                kernel,
+                any_result.op,
+                any_result.info.get("default_config", "?"),
+                default.median_s if default else None,
+                best.info["config"],
+                best.median_s,
+                len(by_config),
+            )
+        )
     rows.sort(key=lambda r: (r.device, r.case, KERNEL_ORDER.get(r.kernel, len(KERNEL_ORDER)), r.kernel))
     return rows
 
@@ -218,15 +244,19 @@ def sweep_markdown(rows: Sequence[SweepRow], speed_claim: bool = True) -> str:
         parts.append(f"### Launch-configuration sweep on {device}\n")
         if not speed_claim:
             parts.append(f"> **{NOT_A_SPEED_CLAIM}**\n")
-        parts.append("Configurations are block_m x block_n, warps, stages. *Timed* is the op the kernel was timed "
-                     "in (fwdbwd: forward then backward, only the named kernel's configuration changed). "
-                     "*Gain*: the default's time over the fastest candidate's.\n")
+        parts.append(
+            "Configurations are block_m x block_n, warps, stages. *Timed* is the op the kernel was timed "
+            "in (fwdbwd: forward then backward, only the named kernel's configuration changed). "
+            "*Gain*: the default's time over the fastest candidate's.\n"
+        )
         parts.append("| case | kernel | timed | default | ms | fastest | ms | gain | configurations |")
         parts.append("| " + " | ".join(["---"] * 9) + " |")
         for r in rows:
             if r.device == device:
-                parts.append(f"| {r.case} | {r.kernel} | {r.op} | {r.default_config} | {_ms(r.default_s)} | "
-                             f"{r.best_config} | {_ms(r.best_s)} | {_x(r.gain)} | {r.timed} |")
+                parts.append(
+                    f"| {r.case} | {r.kernel} | {r.op} | {r.default_config} | {_ms(r.default_s)} | "
+                    f"{r.best_config} | {_ms(r.best_s)} | {_x(r.gain)} | {r.timed} |"
+                )
         parts.append("")
     return "\n".join(parts) + "\n"
 
@@ -247,13 +277,17 @@ def markdown(summaries: Sequence[DeviceSummary]) -> str:
         parts.append(f"### {s.device} ({versions}; {', '.join(s.dates) or 'undated'})\n")
         if not s.speed_claim:
             parts.append(f"> **{NOT_A_SPEED_CLAIM}**\n")
-        parts.append("Times in ms (median). Speed-up = the other's time / attnlens's time; above 1, attnlens "
-                     "is faster. *Weights / floor*: forward with per-head weights over the time needed just "
-                     "to write them at the measured copy bandwidth. *Layer*: a MultiheadAttention layer "
-                     "(projections included) returning head-averaged weights.\n")
-        parts.append("| case | B x H | N | fwd | TFLOP/s | fastest SDPA fwd | speed-up | fwd + weights | "
-                     "weights / floor | nn.MHA(need_weights) | attnlens layer | speed-up | fwd+bwd | "
-                     "fastest SDPA fwd+bwd | speed-up |")
+        parts.append(
+            "Times in ms (median). Speed-up = the other's time / attnlens's time; above 1, attnlens "
+            "is faster. *Weights / floor*: forward with per-head weights over the time needed just "
+            "to write them at the measured copy bandwidth. *Layer*: a MultiheadAttention layer "
+            "(projections included) returning head-averaged weights.\n"
+        )
+        parts.append(
+            "| case | B x H | N | fwd | TFLOP/s | fastest SDPA fwd | speed-up | fwd + weights | "
+            "weights / floor | nn.MHA(need_weights) | attnlens layer | speed-up | fwd+bwd | "
+            "fastest SDPA fwd+bwd | speed-up |"
+        )
         parts.append("| " + " | ".join(["---"] * 15) + " |")
         for r in s.rows:
             sdpa_fwd = f"{_ms(r.sdpa_fwd[1])} ({r.sdpa_fwd[0]})" if r.sdpa_fwd else "–"
@@ -263,14 +297,17 @@ def markdown(summaries: Sequence[DeviceSummary]) -> str:
                 f"| {r.series} | {r.batch} x {r.heads} | {r.seqlen} | {_ms(r.fwd)} | {tflops} | {sdpa_fwd} | "
                 f"{_x(r.speedup_sdpa_fwd)} | {_ms(r.weights)} | {_x(r.weights_over_floor)} | {_ms(r.mha_weights)} | "
                 f"{_ms(r.layer_weights)} | {_x(r.speedup_mha_weights)} | {_ms(r.fwdbwd)} | {sdpa_bwd} | "
-                f"{_x(r.speedup_sdpa_fwdbwd)} |")
+                f"{_x(r.speedup_sdpa_fwdbwd)} |"
+            )
         parts.append("")
     return "\n".join(parts) + "\n"
 
 
-PANELS = (("speedup_sdpa_fwd", "forward: over torch SDPA's fastest backend", 1.0),
-          ("speedup_sdpa_fwdbwd", "forward+backward: over torch SDPA's fastest backend", 1.0),
-          ("speedup_mha_weights", "layer with weights: over nn.MultiheadAttention(need_weights=True)", 5.0))
+PANELS = (
+    ("speedup_sdpa_fwd", "forward: over torch SDPA's fastest backend", 1.0),
+    ("speedup_sdpa_fwdbwd", "forward+backward: over torch SDPA's fastest backend", 1.0),
+    ("speedup_mha_weights", "layer with weights: over nn.MultiheadAttention(need_weights=True)", 5.0),
+)
 
 
 def plot_series(summary: DeviceSummary) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
@@ -294,6 +331,7 @@ def plot(summaries: Sequence[DeviceSummary], path: str) -> List[str]:
     """One PNG per device: ``path`` itself for a single device, else ``path`` with the device's
     name before the suffix. Returns the paths written."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
