@@ -6,6 +6,9 @@ level (all three names are taken on PyPI, and transformers imports a ``kernels``
 finds one).
 """
 
+import re
+from pathlib import Path
+
 from setuptools import setup
 
 PACKAGE_DIR = {
@@ -15,12 +18,14 @@ PACKAGE_DIR = {
     "attnlens.viz": "viz",
 }
 
-with open("README.md", encoding="utf-8") as fh:
-    LONG_DESCRIPTION = fh.read()
+HERE = Path(__file__).parent
+LONG_DESCRIPTION = (HERE / "README.md").read_text(encoding="utf-8")
+# The version is written once, in attention/_version.py (attnlens.__version__).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "attention" / "_version.py").read_text(), re.M).group(1)
 
 setup(
     name="attnlens",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Fused Triton attention kernels that return the exact attention weights, "
         "with drop-in modules and attention visualisation"
@@ -34,7 +39,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         # Triton ships Linux wheels only; elsewhere attnlens runs its PyTorch reference path.
-        "triton>=3.0; platform_system == 'Linux'",
+        "triton>=3.6; platform_system == 'Linux'",
         "numpy",
         "matplotlib>=3.5",
     ],

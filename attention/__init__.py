@@ -7,6 +7,7 @@ See the README for the mask conventions, the modules and the visualisation tour.
 """
 
 from attnlens import reference
+from attnlens._version import __version__
 from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
 from attnlens.data import (
     BOS_ID,
@@ -53,8 +54,6 @@ from attnlens.training import (
     train_on_task,
     warmup_schedule,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
