@@ -9,7 +9,23 @@ See the README for the mask conventions, the modules and the visualisation tour.
 from attnlens import reference
 from attnlens._version import __version__
 from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
-from attnlens.data import (
+from attnlens.functional import (
+    dropout_mask,
+    kernels_available,
+    scaled_dot_product_attention,
+    selected_backend,
+    use_backend,
+)
+from attnlens.masks import Masks, causal_mask, create_masks, mask_future_tokens, padding_mask
+from attnlens.modules import MultiHeadAttention, MultiHeadSelfAttention, SelfAttention
+from attnlens.positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    apply_rotary,
+    sinusoidal_positional_encoding,
+)
+from attnlens.tiny.data import (
     BOS_ID,
     EOS_ID,
     NUM_SPECIAL_TOKENS,
@@ -20,30 +36,14 @@ from attnlens.data import (
     generate_synthetic_data,
     validate_dataset,
 )
-from attnlens.functional import (
-    dropout_mask,
-    kernels_available,
-    scaled_dot_product_attention,
-    selected_backend,
-    use_backend,
-)
-from attnlens.masks import Masks, causal_mask, create_masks, mask_future_tokens, padding_mask
-from attnlens.model import (
+from attnlens.tiny.model import (
     DecoderWeights,
     TransformerDecoderLayer,
     TransformerEncoderLayer,
     TransformerModel,
     build_transformer_model,
 )
-from attnlens.modules import MultiHeadAttention, MultiHeadSelfAttention, SelfAttention
-from attnlens.positional import (
-    LearnedPositionalEmbedding,
-    RotaryEmbedding,
-    SinusoidalPositionalEncoding,
-    apply_rotary,
-    sinusoidal_positional_encoding,
-)
-from attnlens.training import (
+from attnlens.tiny.training import (
     DEFAULT_TASK_CONFIG,
     TaskData,
     TrainingHistory,

@@ -20,7 +20,7 @@ from typing import NamedTuple, Tuple, Union
 import torch
 
 from attnlens._checks import check_int
-from attnlens.data import PAD_ID
+from attnlens.tiny.data import PAD_ID
 
 __all__ = ["Masks", "causal_mask", "create_masks", "mask_future_tokens", "padding_mask"]
 

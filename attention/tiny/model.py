@@ -6,7 +6,7 @@ torch layer's ``state_dict`` loads into them), but their attention is
 ``attnlens.MultiHeadAttention``, and they can report their attention weights, which torch's layers
 cannot::
 
-    layer = attnlens.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+    layer = attnlens.tiny.TransformerEncoderLayer(64, 4, 128, batch_first=True)
     out = layer(x, src_key_padding_mask=pad)                        # like torch
     out, weights = layer(x, src_key_padding_mask=pad, need_weights=True)   # weights [B, H, N, N]
 
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlens._checks import check_int
-from attnlens.data import BOS_ID, EOS_ID, PAD_ID
 from attnlens.masks import causal_mask, padding_mask
 from attnlens.modules import MultiHeadAttention
 from attnlens.positional import SinusoidalPositionalEncoding
+from attnlens.tiny.data import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
     "MODEL_KINDS",
@@ -350,7 +350,7 @@ class TransformerModel(nn.Module):
 
     - ``kind="encoder_decoder"``: ``model(src [B, Ns], tgt_in [B, Nt])`` -> logits ``[B, Nt, V]``.
       The encoder ignores padding in ``src``; the decoder is causal, ignores padding in ``tgt_in``
-      and, in cross-attention, padding in ``src``. With ``attnlens.data``, ``tgt_in = tgt[:, :-1]``
+      and, in cross-attention, padding in ``src``. With ``attnlens.tiny.data``, ``tgt_in = tgt[:, :-1]``
       and the labels are ``tgt[:, 1:]``.
     - ``kind="encoder"``: ``model(tokens [B, N])`` -> logits ``[B, N, V]``, bidirectional.
     - ``kind="decoder"``: ``model(tokens [B, N])`` -> logits ``[B, N, V]``, causal (a language model).
@@ -494,8 +494,8 @@ class TransformerModel(nn.Module):
     # -- training and decoding ------------------------------------------------------------------
 
     def logits_and_labels(self, src: torch.Tensor, tgt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the labels they predict for a batch of ``attnlens.data`` (``src [B, M]``,
-        ``tgt [B, M + 2]`` = BOS, target, EOS, PAD): what ``attnlens.train_model`` calls.
+        """Logits and the labels they predict for a batch of ``attnlens.tiny.data`` (``src [B, M]``,
+        ``tgt [B, M + 2]`` = BOS, target, EOS, PAD): what ``attnlens.tiny.train_model`` calls.
 
         - encoder-decoder: ``model(src, tgt[:, :-1])`` against ``tgt[:, 1:]`` (teacher forcing);
         - encoder: ``model(src)``, position ``i`` labelled with target token ``i`` (PAD after the
@@ -577,14 +577,14 @@ def build_transformer_model(
     """A small batch-first transformer sequence model over ``vocab_size`` token ids.
 
     Args:
-        vocab_size: number of token ids, special tokens included (``attnlens.data`` uses
+        vocab_size: number of token ids, special tokens included (``attnlens.tiny.data`` uses
             ``PAD_ID = 0``, ``BOS_ID = 1``, ``EOS_ID = 2``; content tokens from 3).
         d_model, nhead, dim_feedforward: width, heads (``d_model % nhead == 0``), feed-forward width.
         num_layers: encoder layers, and decoder layers unless ``num_decoder_layers`` is given.
         dropout: dropout on the embeddings, the attention weights, and after attention and the
             feed-forward blocks.
         max_len: the longest sequence the positional encoding covers (a decoder-only model on
-            ``attnlens.data`` reads ``2 * max_length + 1`` tokens).
+            ``attnlens.tiny.data`` reads ``2 * max_length + 1`` tokens).
         kind: ``"encoder_decoder"`` (``model(src, tgt_in)``), ``"encoder"`` or ``"decoder"``
             (``model(tokens)``); see ``TransformerModel``.
         norm_first: pre-norm layers (plus a final LayerNorm per stack), which train more easily;

@@ -1,13 +1,13 @@
-"""Train a sequence model on token batches: ``attnlens.train_model`` and its helpers.
+"""Train a sequence model on token batches: ``attnlens.tiny.train_model`` and its helpers.
 
-    data = attnlens.generate_synthetic_data(6000, vocab_size=16, max_length=10, task="reverse", seed=0)
-    train_loader, val_loader = attnlens.make_dataloaders(data, batch_size=64, val_fraction=0.1)
-    model = attnlens.build_transformer_model(data.vocab_size, max_len=data.max_length + 2)
+    data = attnlens.tiny.generate_synthetic_data(6000, vocab_size=16, max_length=10, task="reverse", seed=0)
+    train_loader, val_loader = attnlens.tiny.make_dataloaders(data, batch_size=64, val_fraction=0.1)
+    model = attnlens.tiny.build_transformer_model(data.vocab_size, max_len=data.max_length + 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    history = attnlens.train_model(model, train_loader, optimizer, num_epochs=5, val_loader=val_loader)
+    history = attnlens.tiny.train_model(model, train_loader, optimizer, num_epochs=5, val_loader=val_loader)
     attnlens.viz.training_curves(history)
 
-Or in one call: ``model, history, data = attnlens.train_on_task("reverse")``.
+Or in one call: ``model, history, data = attnlens.tiny.train_on_task("reverse")``.
 
 Loss and accuracy ignore padding: a label equal to the model's ``pad_id`` counts for neither.
 """
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attnlens.data import PAD_ID, SyntheticData, generate_synthetic_data
-from attnlens.model import TransformerModel, build_transformer_model
+from attnlens.tiny.data import PAD_ID, SyntheticData, generate_synthetic_data
+from attnlens.tiny.model import TransformerModel, build_transformer_model
 
 __all__ = [
     "DEFAULT_TASK_CONFIG",
@@ -129,7 +129,7 @@ def default_step(model: nn.Module, batch: Batch) -> Tuple[torch.Tensor, torch.Te
     """``(logits [B, N, V], labels [B, N])`` for one batch.
 
     Models with a ``logits_and_labels(src, tgt)`` method (``build_transformer_model``'s) get the
-    batch as ``attnlens.data`` yields it, ``(src, tgt)``; any other model gets ``(inputs, labels)``
+    batch as ``attnlens.tiny.data`` yields it, ``(src, tgt)``; any other model gets ``(inputs, labels)``
     and is called as ``model(inputs)``.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
@@ -302,7 +302,7 @@ def train_model(
 
     Args:
         model: a model from ``build_transformer_model`` (batches ``(src, tgt)`` from
-            ``attnlens.data``), or any model with ``step_fn`` or ``(inputs, labels)`` batches
+            ``attnlens.tiny.data``), or any model with ``step_fn`` or ``(inputs, labels)`` batches
             (see ``default_step``).
         dataloader: yields the training batches (e.g. from ``make_dataloaders``).
         optimizer: a torch optimizer over the model's parameters.
@@ -321,7 +321,7 @@ def train_model(
         max_steps: stop after this many optimizer steps in all, even mid-epoch.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         step_fn: ``step_fn(model, batch) -> (logits, labels)``; default ``default_step``.
-        pad_id: the label to ignore; default ``model.pad_id`` (or ``attnlens.PAD_ID``).
+        pad_id: the label to ignore; default ``model.pad_id`` (or ``attnlens.tiny.PAD_ID``).
 
     Returns:
         A ``TrainingHistory``: per-step ``loss``, ``accuracy`` (token accuracy), ``lr``, per
@@ -512,7 +512,7 @@ def train_on_task(
 ) -> Tuple[TransformerModel, TrainingHistory, TaskData]:
     """Generate a synthetic task, build the default model, train it: ``(model, history, data)``.
 
-    ``task`` is one of ``attnlens.TASKS`` (``copy``, ``reverse``, ``sort``, ``random``).
+    ``task`` is one of ``attnlens.tiny.TASKS`` (``copy``, ``reverse``, ``sort``, ``random``).
     ``config`` overrides ``DEFAULT_TASK_CONFIG``: ``num_sentences``, ``vocab_size``,
     ``max_length`` (of the data), ``batch_size``, ``lr`` (AdamW, peak of ``warmup_schedule`` with
     ``warmup_steps`` and a cosine decay over ``steps``), ``d_model``, ``nhead``, ``num_layers``,

@@ -23,7 +23,8 @@ import torch
 
 import attnlens
 from attnlens import viz
-from attnlens.data import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID
+from attnlens.tiny.data import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID
+from attnlens.tiny.training import train_on_task
 
 __all__ = ["DEFAULT_SENTENCE", "TourResult", "run_tour"]
 
@@ -118,10 +119,10 @@ def run_tour(
 
     Args:
         out_dir: folder for the pictures and ``index.html`` (created).
-        task: a synthetic task of ``attnlens.TASKS`` (``copy``, ``reverse``, ``sort``, ``random``).
+        task: a synthetic task of ``attnlens.tiny.TASKS`` (``copy``, ``reverse``, ``sort``, ``random``).
         sentence: the example, split on spaces; each distinct word becomes one token.
         seed: seeds the data, the model and the training.
-        steps: training steps (default: ``attnlens.DEFAULT_TASK_CONFIG``'s).
+        steps: training steps (default: ``attnlens.tiny.DEFAULT_TASK_CONFIG``'s).
         d_model, nhead, num_layers: the model's size.
         device: ``"cuda"``, ``"cpu"`` or None for CUDA when available.
         progress: show the training progress bar.
@@ -146,7 +147,7 @@ def run_tour(
         torch.set_num_threads(1)
     try:
         with attnlens.use_backend(train_backend):
-            model, history, data = attnlens.train_on_task(
+            model, history, data = train_on_task(
                 task, steps=steps, seed=seed, device=dev, progress=progress, **overrides
             )
     finally:
