@@ -1,0 +1,11 @@
+"""``attnlens.tour`` is ``attnlens.tiny.tour``, the visual tour of the teaching kit, under its top-level name.
+
+The module replaces itself in ``sys.modules``, so the two names are one module object:
+``from attnlens.tour import ...`` and monkeypatching either name behave the same.
+"""
+
+import sys
+
+from attnlens.tiny import tour as _kit_module
+
+sys.modules[__name__] = _kit_module
