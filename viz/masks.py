@@ -32,10 +32,13 @@ ATTEND_COLOR = "#2c7fb8"
 # Cell outlines help counting positions only while cells are big enough to see them.
 MAX_OUTLINED_CELLS = 32
 
-Masks = Union[ArrayLike, Mapping[str, ArrayLike], Sequence[ArrayLike]]
+# What mask_picture draws: one bool mask, or several as a dict {title: mask} or a list.
+OneOrMoreMasks = Union[ArrayLike, Mapping[str, ArrayLike], Sequence[ArrayLike]]
+# The alias's former name; attnlens.tiny.EncoderDecoderMasks is the masks of a token batch.
+Masks = OneOrMoreMasks
 
 
-def _named_masks(mask: Masks) -> List[Tuple[str, np.ndarray]]:
+def _named_masks(mask: OneOrMoreMasks) -> List[Tuple[str, np.ndarray]]:
     """``(title, bool [Nq, Nk])`` pairs from one mask, a dict of named masks or a list of masks."""
     if isinstance(mask, Mapping):
         if not mask:
@@ -95,7 +98,7 @@ def _draw_mask(
 
 
 def mask_picture(
-    mask: Masks,
+    mask: OneOrMoreMasks,
     tokens_q: Tokens = None,
     tokens_k: Tokens = None,
     *,
