@@ -16,6 +16,7 @@ from attnlens.viz._common import (
     ArrayLike,
     Tokens,
     check_ax,
+    check_bool_mask_dtype,
     check_fig,
     is_array,
     key_labels,
@@ -50,12 +51,7 @@ def _named_masks(mask: OneOrMoreMasks) -> List[Tuple[str, np.ndarray]]:
         items = [("", mask, "mask")]
     named = []
     for title, value, name in items:
-        array = to_numpy(value, name)
-        if array.dtype != np.bool_:
-            raise TypeError(
-                f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
-                f"for an additive float mask pass `{name} > -inf`"
-            )
+        array = check_bool_mask_dtype(to_numpy(value, name), name)
         if array.ndim == 1:
             raise ValueError(
                 f"{name} must have shape [Nq, Nk], got 1-D shape {tuple(array.shape)}; a "
