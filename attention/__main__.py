@@ -19,8 +19,8 @@ def _interpreter_without_gpu() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from attnlens.data import TASKS
-    from attnlens.tour import DEFAULT_SENTENCE
+    from attnlens.tiny.data import TASKS
+    from attnlens.tiny.tour import DEFAULT_SENTENCE
 
     parser = argparse.ArgumentParser(prog="python -m attnlens", description="attnlens command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,7 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _interpreter_without_gpu()  # before anything imports triton
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from attnlens.tour import run_tour
+        from attnlens.tiny.tour import run_tour
 
         result = run_tour(
             args.out,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from typing import Optional, Tuple
+
+import torch
 
 
 def check_int(name: str, value: object, minimum: Optional[int] = None) -> int:
@@ -19,3 +21,20 @@ def check_int(name: str, value: object, minimum: Optional[int] = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {expected}, got {value}")
     return int(value)
+
+
+def check_token_ids(name: str, tokens: object, shape_hint: str, ndims: Tuple[int, ...]) -> torch.Tensor:
+    """``tokens`` as an integer tensor with one of ``ndims`` dimensions, or a clear error.
+
+    ``shape_hint`` is the documented shape (``"[B, N]"``), quoted in the error. bool, floating and
+    complex tensors are refused: token ids are integers, and a bool tensor here is usually a mask
+    passed in the wrong place.
+    """
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids {shape_hint}, got {type(tokens).__name__}")
+    dtype = tokens.dtype
+    if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+        raise TypeError(f"{name} must hold integer token ids (e.g. torch.long), got dtype {dtype}")
+    if tokens.dim() not in ndims:
+        raise ValueError(f"{name} must be {shape_hint}, got shape {tuple(tokens.shape)} ({tokens.dim()}-D)")
+    return tokens

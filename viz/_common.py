@@ -7,6 +7,7 @@ selecting one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -87,14 +88,19 @@ def as_float_array(
     return array
 
 
-def as_bool_mask(value: ArrayLike, name: str, shape: Tuple[int, ...], expected: str) -> np.ndarray:
-    """A bool mask (True = attended) of exactly ``shape``; nothing is broadcast."""
-    array = to_numpy(value, name)
+def check_bool_mask_dtype(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` itself if it is bool (True = attend), otherwise a TypeError saying how to get there."""
     if array.dtype != np.bool_:
         raise TypeError(
             f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
             f"for an additive float mask pass `{name} > -inf` (e.g. torch.isfinite(m))"
         )
+    return array
+
+
+def as_bool_mask(value: ArrayLike, name: str, shape: Tuple[int, ...], expected: str) -> np.ndarray:
+    """A bool mask (True = attended) of exactly ``shape``; nothing is broadcast."""
+    array = check_bool_mask_dtype(to_numpy(value, name), name)
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {expected} = {tuple(shape)}, got {tuple(array.shape)}")
     return array
@@ -238,45 +244,88 @@ def annotate_cells(ax: Axes, image: AxesImage, data: np.ma.MaskedArray, value_fo
             )
 
 
+def colorbar_label(base: str, data: np.ma.MaskedArray) -> str:
+    """Say what grey means on the colorbar, but only when something is masked."""
+    return f"{base} (grey = masked)" if np.ma.count_masked(data) else base
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixStyle:
+    """How ``draw_matrix`` paints a matrix: the keyword arguments the matrix pictures share.
+
+    ``cmap``: a colormap name or Colormap. ``vmin``/``vmax``: colour limits (None: from 0, or the
+    minimum if negative, to the largest visible value). ``annotate``: write values in the cells
+    (None: only when both axes have at most 16 entries), formatted by ``value_format``.
+    ``max_labels``: at most this many tick labels per axis.
+    """
+
+    cmap: Union[str, Colormap] = "viridis"
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
+    annotate: Optional[bool] = None
+    value_format: str = "{:.2f}"
+    max_labels: int = MAX_TICK_LABELS
+
+
 def draw_matrix(
     ax: Axes,
     values: np.ndarray,
+    style: MatrixStyle,
     *,
     allowed: Optional[np.ndarray] = None,
     row_labels: Optional[Sequence[str]] = None,
     col_labels: Optional[Sequence[str]] = None,
-    cmap: Union[str, Colormap] = "viridis",
-    vmin: Optional[float] = None,
-    vmax: Optional[float] = None,
-    annotate: Optional[bool] = None,
-    value_format: str = "{:.2f}",
-    max_labels: int = MAX_TICK_LABELS,
 ) -> AxesImage:
     """Paint a [rows, cols] matrix as one image (never per-cell patches, so 1000s of tokens stay cheap).
 
-    Row 0 is at the top. Labels are thinned to ``max_labels``; ``annotate=None`` writes values in
-    the cells only when both axes have at most 16 entries.
+    Row 0 is at the top. Cells where ``allowed`` is False, and non-finite cells, are masked (grey).
+    Labels are thinned to ``style.max_labels``.
     """
     data = masked_values(values, allowed)
-    low, high = color_limits(data, vmin, vmax)
+    low, high = color_limits(data, style.vmin, style.vmax)
     image = ax.imshow(
         data,
-        cmap=resolve_cmap(cmap),
+        cmap=resolve_cmap(style.cmap),
         norm=Normalize(low, high),
         aspect="auto",
         interpolation="nearest" if max(values.shape) <= 256 else "antialiased",
     )
     if row_labels is not None:
-        set_token_ticks(ax, "y", row_labels, max_labels)
+        set_token_ticks(ax, "y", row_labels, style.max_labels)
     if col_labels is not None:
-        set_token_ticks(ax, "x", col_labels, max_labels)
+        set_token_ticks(ax, "x", col_labels, style.max_labels)
+    annotate = style.annotate
     if annotate is None:
         annotate = max(values.shape) <= MAX_ANNOTATED_CELLS
     if annotate:
-        annotate_cells(ax, image, data, value_format)
+        annotate_cells(ax, image, data, style.value_format)
     return image
 
 
-def colorbar_label(base: str, data: np.ma.MaskedArray) -> str:
-    """Say what grey means on the colorbar, but only when something is masked."""
-    return f"{base} (grey = masked)" if np.ma.count_masked(data) else base
+def matrix_picture(
+    ax: Optional[Axes],
+    values: np.ndarray,
+    style: MatrixStyle,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: Optional[str],
+    colorbar_base: Optional[str],
+    allowed: Optional[np.ndarray] = None,
+    row_labels: Optional[Sequence[str]] = None,
+    col_labels: Optional[Sequence[str]] = None,
+    figsize: Optional[Tuple[float, float]] = None,
+) -> Figure:
+    """A one-panel matrix picture: ``draw_matrix`` into ``ax`` (or into a new figure of ``figsize``,
+    by default sized for the matrix), the axis names, the title (when not None or empty) and a
+    colorbar labelled ``colorbar_base`` (none when it is None). Returns the root figure."""
+    if ax is None:
+        ax = new_figure(*(figsize or matrix_figure_size(*values.shape))).add_subplot()
+    image = draw_matrix(ax, values, style, allowed=allowed, row_labels=row_labels, col_labels=col_labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if colorbar_base is not None:
+        ax.figure.colorbar(image, ax=ax, label=colorbar_label(colorbar_base, image.get_array()))
+    return root_figure(ax)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure, FigureBase
+from matplotlib.image import AxesImage
 
 from attnlens.viz._common import (
     MAX_TICK_LABELS,
     ArrayLike,
+    MatrixStyle,
     Tokens,
     as_bool_mask,
     as_float_array,
@@ -24,9 +27,8 @@ from attnlens.viz._common import (
     is_array,
     key_labels,
     masked_values,
-    matrix_figure_size,
+    matrix_picture,
     new_figure,
-    root_figure,
     to_numpy,
 )
 
@@ -77,28 +79,18 @@ def attention_heatmap(
     num_queries, num_keys = values.shape
     labels_q, labels_k = key_labels(tokens_q, tokens_k, num_queries, num_keys)
     allowed = None if mask is None else as_bool_mask(mask, "mask", values.shape, "[Nq, Nk]")
-    if ax is None:
-        ax = new_figure(*matrix_figure_size(num_queries, num_keys)).add_subplot()
-    image = draw_matrix(
+    return matrix_picture(
         ax,
         values,
+        MatrixStyle(cmap, vmin, vmax, annotate, value_format, max_labels),
+        xlabel="key",
+        ylabel="query",
+        title=title,
+        colorbar_base=WEIGHT_LABEL if colorbar else None,
         allowed=allowed,
         row_labels=labels_q,
         col_labels=labels_k,
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
-        annotate=annotate,
-        value_format=value_format,
-        max_labels=max_labels,
     )
-    ax.set_xlabel("key")
-    ax.set_ylabel("query")
-    if title is not None:
-        ax.set_title(title)
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, label=colorbar_label(WEIGHT_LABEL, image.get_array()))
-    return root_figure(ax)
 
 
 def _per_head_mask(mask: Optional[ArrayLike], shape: tuple, name: str, expected: str) -> Optional[np.ndarray]:
@@ -112,11 +104,20 @@ def _per_head_mask(mask: Optional[ArrayLike], shape: tuple, name: str, expected:
     return as_bool_mask(array, name, shape, expected)
 
 
-def _shared_limits(
-    values: np.ndarray, allowed: Optional[np.ndarray], vmin: Optional[float], vmax: Optional[float]
-) -> tuple:
-    """One colour scale for every panel, so equal colours mean equal weights across heads and layers."""
-    return color_limits(masked_values(values, allowed), vmin, vmax)
+def _shared_scale(values: np.ndarray, allowed: Optional[np.ndarray], style: MatrixStyle) -> Tuple[MatrixStyle, str]:
+    """One colour scale for every panel, so equal colours mean equal weights across heads and layers:
+    ``style`` with its limits fixed from all panels' visible cells, and the colorbar's label."""
+    data = masked_values(values, allowed)
+    low, high = color_limits(data, style.vmin, style.vmax)
+    return dataclasses.replace(style, vmin=low, vmax=high), colorbar_label(WEIGHT_LABEL, data)
+
+
+def _finish_panels(fig: FigureBase, image: AxesImage, axes: List[Axes], label: str, title: Optional[str]) -> Figure:
+    """One colorbar for all panels, the suptitle, and the root figure."""
+    fig.colorbar(image, ax=axes, label=label)
+    if title is not None:
+        fig.suptitle(title)
+    return fig.figure
 
 
 def attention_heads(
@@ -167,7 +168,7 @@ def attention_heads(
         raise ValueError(f"ncols must be a positive int, got {ncols!r}")
     ncols = min(ncols, num_heads)
     nrows = math.ceil(num_heads / ncols)
-    low, high = _shared_limits(values, allowed, vmin, vmax)
+    style, bar_label = _shared_scale(values, allowed, MatrixStyle(cmap, vmin, vmax, annotate, value_format, max_labels))
 
     if fig is None:
         # Panels share one colorbar and the query labels, so each needs less room than a lone map.
@@ -182,15 +183,10 @@ def attention_heads(
         image = draw_matrix(
             ax,
             values[head],
+            style,
             allowed=None if allowed is None else allowed[head],
             row_labels=labels_q if col == 0 else None,
             col_labels=labels_k,
-            cmap=cmap,
-            vmin=low,
-            vmax=high,
-            annotate=annotate,
-            value_format=value_format,
-            max_labels=max_labels,
         )
         if col != 0:
             ax.set_yticks([])
@@ -199,10 +195,7 @@ def attention_heads(
         ax.set_xlabel("key")
         ax.set_title(f"head {head}")
         axes.append(ax)
-    fig.colorbar(image, ax=axes, label=colorbar_label(WEIGHT_LABEL, masked_values(values, allowed)))
-    if title is not None:
-        fig.suptitle(title)
-    return fig.figure
+    return _finish_panels(fig, image, axes, bar_label, title)
 
 
 def _stack_layers(per_layer_weights: Union[ArrayLike, Sequence[ArrayLike]]) -> np.ndarray:
@@ -265,7 +258,7 @@ def attention_layers(
     allowed = None
     if mask is not None:
         allowed = np.broadcast_to(as_bool_mask(mask, "mask", (num_queries, num_keys), "[Nq, Nk]"), values.shape)
-    low, high = _shared_limits(values, allowed, vmin, vmax)
+    style, bar_label = _shared_scale(values, allowed, MatrixStyle(cmap, vmin, vmax, annotate, value_format, max_labels))
 
     if fig is None:
         fig = new_figure(min(cell_inches * num_heads + 1.5, 30.0), min(cell_inches * num_layers + 0.5, 30.0))
@@ -278,15 +271,10 @@ def attention_layers(
             image = draw_matrix(
                 ax,
                 values[layer, head],
+                style,
                 allowed=None if allowed is None else allowed[layer, head],
                 row_labels=labels_q if first_col else None,
                 col_labels=labels_k if last_row else None,
-                cmap=cmap,
-                vmin=low,
-                vmax=high,
-                annotate=annotate,
-                value_format=value_format,
-                max_labels=max_labels,
             )
             if not first_col:
                 ax.set_yticks([])
@@ -297,7 +285,4 @@ def attention_layers(
             if layer == 0:
                 ax.set_title(f"head {head}")
             axes.append(ax)
-    fig.colorbar(image, ax=axes, label=colorbar_label(WEIGHT_LABEL, masked_values(values, allowed)))
-    if title is not None:
-        fig.suptitle(title)
-    return fig.figure
+    return _finish_panels(fig, image, axes, bar_label, title)

@@ -16,6 +16,7 @@ from attnlens.viz._common import (
     ArrayLike,
     Tokens,
     check_ax,
+    check_bool_mask_dtype,
     check_fig,
     is_array,
     key_labels,
@@ -32,10 +33,13 @@ ATTEND_COLOR = "#2c7fb8"
 # Cell outlines help counting positions only while cells are big enough to see them.
 MAX_OUTLINED_CELLS = 32
 
-Masks = Union[ArrayLike, Mapping[str, ArrayLike], Sequence[ArrayLike]]
+# What mask_picture draws: one bool mask, or several as a dict {title: mask} or a list.
+OneOrMoreMasks = Union[ArrayLike, Mapping[str, ArrayLike], Sequence[ArrayLike]]
+# The alias's former name; attnlens.tiny.EncoderDecoderMasks is the masks of a token batch.
+Masks = OneOrMoreMasks
 
 
-def _named_masks(mask: Masks) -> List[Tuple[str, np.ndarray]]:
+def _named_masks(mask: OneOrMoreMasks) -> List[Tuple[str, np.ndarray]]:
     """``(title, bool [Nq, Nk])`` pairs from one mask, a dict of named masks or a list of masks."""
     if isinstance(mask, Mapping):
         if not mask:
@@ -47,12 +51,7 @@ def _named_masks(mask: Masks) -> List[Tuple[str, np.ndarray]]:
         items = [("", mask, "mask")]
     named = []
     for title, value, name in items:
-        array = to_numpy(value, name)
-        if array.dtype != np.bool_:
-            raise TypeError(
-                f"{name} must be a bool mask with True = attend, got dtype {array.dtype}; "
-                f"for an additive float mask pass `{name} > -inf`"
-            )
+        array = check_bool_mask_dtype(to_numpy(value, name), name)
         if array.ndim == 1:
             raise ValueError(
                 f"{name} must have shape [Nq, Nk], got 1-D shape {tuple(array.shape)}; a "
@@ -95,7 +94,7 @@ def _draw_mask(
 
 
 def mask_picture(
-    mask: Masks,
+    mask: OneOrMoreMasks,
     tokens_q: Tokens = None,
     tokens_k: Tokens = None,
     *,

@@ -6,18 +6,17 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from attnlens.viz._common import (
     ArrayLike,
+    MatrixStyle,
     as_float_array,
     check_ax,
-    colorbar_label,
-    draw_matrix,
     masked_values,
+    matrix_picture,
     new_figure,
-    resolve_cmap,
     root_figure,
 )
 
@@ -47,26 +46,20 @@ def positional_encoding_heatmap(
     """
     check_ax(ax)
     values = _as_encoding(pe)
-    if ax is None:
-        ax = new_figure(7.0, 5.0).add_subplot()
     data = masked_values(values, None)
     bound = float(np.abs(data).max()) if data.count() else 1.0
     bound = bound if bound > 0 else 1.0
     # Symmetric limits put 0 at the neutral middle colour of a diverging map.
-    image = ax.imshow(
-        data,
-        cmap=resolve_cmap(cmap),
-        norm=Normalize(-bound, bound),
-        aspect="auto",
-        interpolation="nearest" if max(values.shape) <= 256 else "antialiased",
+    return matrix_picture(
+        ax,
+        values,
+        MatrixStyle(cmap, vmin=-bound, vmax=bound, annotate=False),
+        xlabel="dimension",
+        ylabel="position",
+        title=title,
+        colorbar_base="value" if colorbar else None,
+        figsize=(7.0, 5.0),
     )
-    ax.set_xlabel("dimension")
-    ax.set_ylabel("position")
-    if title:
-        ax.set_title(title)
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, label=colorbar_label("value", data))
-    return root_figure(ax)
 
 
 def _default_dims(d: int) -> List[int]:
@@ -167,17 +160,15 @@ def positional_encoding_similarity(
         finite = np.abs(similarity[np.isfinite(similarity)])
         high = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         low = -high
-    if ax is None:
-        ax = new_figure(6.0, 5.0).add_subplot()
-    image = draw_matrix(ax, similarity, cmap=cmap, vmin=low, vmax=high, annotate=False)
-    ax.set_xlabel("position")
-    ax.set_ylabel("position")
-    ax.set_title(
-        title
-        if title is not None
-        else ("cosine similarity of positions" if normalize else "dot product of positions (PE PE^T)")
+    if title is None:
+        title = "cosine similarity of positions" if normalize else "dot product of positions (PE PE^T)"
+    return matrix_picture(
+        ax,
+        similarity,
+        MatrixStyle(cmap, vmin=low, vmax=high, annotate=False),
+        xlabel="position",
+        ylabel="position",
+        title=title,
+        colorbar_base=("cosine similarity" if normalize else "dot product") if colorbar else None,
+        figsize=(6.0, 5.0),
     )
-    if colorbar:
-        label = "cosine similarity" if normalize else "dot product"
-        ax.figure.colorbar(image, ax=ax, label=colorbar_label(label, image.get_array()))
-    return root_figure(ax)

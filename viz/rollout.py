@@ -19,16 +19,13 @@ from matplotlib.figure import Figure
 from attnlens.viz._common import (
     MAX_TICK_LABELS,
     ArrayLike,
+    MatrixStyle,
     Tokens,
     as_float_array,
     as_labels,
     check_ax,
-    colorbar_label,
-    draw_matrix,
     is_array,
-    matrix_figure_size,
-    new_figure,
-    root_figure,
+    matrix_picture,
 )
 
 PerLayerWeights = Union[ArrayLike, Sequence[ArrayLike]]
@@ -133,26 +130,17 @@ def attention_rollout_heatmap(
     rollout = attention_rollout(per_layer_weights, residual=residual)
     size = rollout.shape[0]
     labels = as_labels(tokens, "tokens", size, "tokens (rows and columns)")
-    if ax is None:
-        ax = new_figure(*matrix_figure_size(size, size)).add_subplot()
-    image = draw_matrix(
+    if title is None:
+        num_layers = len(per_layer_weights)
+        title = f"attention rollout over {num_layers} layer{'s' if num_layers != 1 else ''}"
+    return matrix_picture(
         ax,
         rollout,
+        MatrixStyle(cmap, vmin, vmax, annotate, value_format, max_labels),
+        xlabel="input token",
+        ylabel="output position",
+        title=title,
+        colorbar_base="share of input token" if colorbar else None,
         row_labels=labels,
         col_labels=labels,
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
-        annotate=annotate,
-        value_format=value_format,
-        max_labels=max_labels,
     )
-    ax.set_xlabel("input token")
-    ax.set_ylabel("output position")
-    num_layers = len(per_layer_weights)
-    ax.set_title(
-        title if title is not None else f"attention rollout over {num_layers} layer{'s' if num_layers != 1 else ''}"
-    )
-    if colorbar:
-        ax.figure.colorbar(image, ax=ax, label=colorbar_label("share of input token", image.get_array()))
-    return root_figure(ax)

@@ -56,6 +56,16 @@ def _excluded_cells(series: np.ndarray, mask: Optional[ArrayLike]) -> np.ndarray
     return excluded
 
 
+def _series_to_summarise(
+    weights: ArrayLike, tokens: Tokens, head: Head, mask: Optional[ArrayLike]
+) -> Tuple[np.ndarray, List[Optional[int]], List[str], np.ndarray]:
+    """What both the bars and the statistics read: the series ``[S, Nq, Nk]`` and their heads (see
+    ``_select_heads``), the ``Nk`` key labels, and the cells left out ``[S, Nq, Nk]``."""
+    series, heads = _select_heads(weights, head)
+    labels = as_labels(tokens, "tokens", series.shape[-1], "keys (columns)")
+    return series, heads, labels, _excluded_cells(series, mask)
+
+
 def _column_statistics(values: np.ndarray, excluded: np.ndarray) -> Dict[str, np.ndarray]:
     """Mean, population std (ddof=0), min and max of each column over the counted rows.
 
@@ -103,10 +113,8 @@ def attention_received_bar(
         heights are the column means.
     """
     check_ax(ax)
-    series, heads = _select_heads(weights, head)
+    series, heads, labels, excluded = _series_to_summarise(weights, tokens, head, mask)
     num_keys = series.shape[-1]
-    labels = as_labels(tokens, "tokens", num_keys, "keys (columns)")
-    excluded = _excluded_cells(series, mask)
     if ax is None:
         ax = new_figure(min(max(0.35 * num_keys * max(1, len(heads) / 2) + 2.0, 5.0), 14.0), 4.0).add_subplot()
     positions = np.arange(num_keys)
@@ -132,9 +140,7 @@ def attention_received_bar(
 
 
 def _statistics_rows(weights: ArrayLike, tokens: Tokens, head: Head, mask: Optional[ArrayLike]) -> List[Dict[str, Any]]:
-    series, heads = _select_heads(weights, head)
-    labels = as_labels(tokens, "tokens", series.shape[-1], "keys (columns)")
-    excluded = _excluded_cells(series, mask)
+    series, heads, labels, excluded = _series_to_summarise(weights, tokens, head, mask)
     rows = []
     for s, head_index in enumerate(heads):
         stats = _column_statistics(series[s], excluded[s])

@@ -1,4 +1,4 @@
-"""attnlens.data: synthetic tasks, layout, reproducibility, validation and its summary, errors."""
+"""attnlens.tiny.data: synthetic tasks, layout, reproducibility, validation and its summary, errors."""
 
 import collections
 import statistics
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from attnlens.data import (
+from attnlens.tiny.data import (
     BOS_ID,
     EOS_ID,
     NUM_SPECIAL_TOKENS,

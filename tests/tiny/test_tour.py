@@ -1,5 +1,5 @@
-"""The visual tour (`make demo`): it trains, captures through the kernels and writes a page of
-pictures whose every image exists and whose captions describe the run."""
+"""attnlens.tiny.tour, the visual tour (`make demo`): it trains, captures through the kernels and
+writes a page of pictures whose every image exists and whose captions describe the run."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import attnlens
-from attnlens import tour
 from attnlens.__main__ import main
+from attnlens.tiny import tour
 
 SMALL = dict(steps=25, d_model=32, nhead=2, num_layers=1, progress=False)
 EXPECTED_PICTURES = {

@@ -1,0 +1,1 @@
+"""Tests of attnlens.viz, one file per module (a package, so their names do not collide with tests/)."""
