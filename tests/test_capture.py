@@ -8,12 +8,12 @@ except in the test that captures through the kernels (interpreted on a CPU).
 
 import pytest
 import torch
-from token_batches import random_tokens
 from torch import nn
 
 import attnlens
 from attnlens import tiny
 from attnlens.tiny.data import BOS_ID, PAD_ID
+from token_batches import random_tokens
 
 D_MODEL, NHEAD, DIM_FF = 16, 2, 32
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from token_batches import SRC, SRC_PADDING, TGT, TGT_PADDING, hand_causal
 
 import attnlens
 from attnlens.masks import causal_mask, mask_future_tokens, padding_mask
+from token_batches import SRC, SRC_PADDING, TGT, TGT_PADDING, hand_causal
 
 T, F = True, False
 

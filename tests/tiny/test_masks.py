@@ -5,12 +5,12 @@ import inspect
 
 import pytest
 import torch
-from token_batches import SRC, SRC_PADDING, TGT, TGT_PADDING, hand_causal
 
 import attnlens
 from attnlens.masks import padding_mask
 from attnlens.tiny.data import PAD_ID
 from attnlens.tiny.masks import EncoderDecoderMasks, create_masks
+from token_batches import SRC, SRC_PADDING, TGT, TGT_PADDING, hand_causal
 
 T, F = True, False
 

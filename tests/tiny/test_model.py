@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from token_batches import random_tokens
 from torch import nn
 
 import attnlens
 from attnlens import tiny
 from attnlens.tiny.data import BOS_ID, EOS_ID, PAD_ID
+from token_batches import random_tokens
 
 D_MODEL, NHEAD, DIM_FF = 16, 2, 32
 
