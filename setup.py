@@ -14,6 +14,7 @@ from setuptools import setup
 PACKAGE_DIR = {
     "attnlens": "attention",
     "attnlens.integrations": "attention/integrations",
+    "attnlens.integrations.huggingface": "attention/integrations/huggingface",
     "attnlens.tiny": "attention/tiny",
     "attnlens.kernels": "kernels",
     "attnlens.viz": "viz",
