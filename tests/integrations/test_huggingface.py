@@ -470,3 +470,164 @@ def test_float_and_bool_masks_are_taken_as_transformers_means_them():
         assert out.shape == (2, 3, 2, 8)
         assert max_error(out, expected_out.transpose(1, 2)) <= 1e-6
         assert max_error(weights, expected_weights) <= 1e-6
+
+
+# ---- which models attnlens refuses at load, and the run-time guard -----------------------------
+
+
+def bloom_config() -> "transformers.BloomConfig":
+    return transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+
+
+REFUSED = {
+    # its attention layers compute attention themselves and misread the attnlens mask
+    "bloom": (bloom_config, "BloomAttention"),
+    "gpt_neo": (
+        lambda: transformers.GPTNeoConfig(
+            vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]
+        ),
+        "GPTNeoSelfAttention",
+    ),
+    "falcon": (
+        lambda: transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+        "FalconAttention",
+    ),
+    "gemma2": (
+        lambda: transformers.Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+        ),
+        "attn_logit_softcapping=50.0",
+    ),
+    "llama_wide_heads": (
+        lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=1, head_dim=512),
+        "512 dimensions",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unsupported_models_are_refused_by_from_config(name):
+    make_config, reason = REFUSED[name]
+    with pytest.raises(ValueError, match="cannot use attn_implementation='attnlens'") as refusal:
+        transformers.AutoModelForCausalLM.from_config(make_config(), attn_implementation="attnlens")
+    message = str(refusal.value)
+    assert reason in message  # the reason...
+    assert "use attn_implementation='eager'" in message  # ...and the alternative
+
+
+def test_unsupported_models_are_refused_by_from_pretrained(tmp_path):
+    transformers.BloomForCausalLM(bloom_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="BloomAttention"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="attnlens")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    assert loaded.config._attn_implementation == "eager"
+
+
+def test_unsupported_models_are_refused_by_set_attn_implementation():
+    """transformers itself only warns for such a model and keeps its implementation; attnlens
+    refuses, and leaves the model as it was."""
+    model = transformers.BloomForCausalLM(bloom_config())
+    with pytest.raises(ValueError, match="BloomAttention"):
+        model.set_attn_implementation("attnlens")
+    assert model.config._attn_implementation == "eager"
+    # Other implementations are untouched: transformers warns and keeps eager, as without attnlens.
+    model.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_supported_models_are_accepted_and_guarded():
+    assert hf.unsupported_reason(transformers.LlamaForCausalLM, llama()) is None
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        attn_logit_softcapping=None,  # without soft-capping Gemma 2 is plain attention
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="attnlens")
+    assert model.config._attn_implementation == "attnlens"
+    assert getattr(model, hf._guard._HOOKED) and getattr(model.model, hf._guard._HOOKED)
+
+
+def forced_onto_attnlens(model: torch.nn.Module) -> torch.nn.Module:
+    """A model switched to attnlens past the load checks (as editing its config would), with the
+    guard attached."""
+    for module in model.modules():
+        if isinstance(module, transformers.PreTrainedModel):
+            module.config._attn_implementation_internal = "attnlens"
+            hf._guard.attach(module)
+    return model
+
+
+@pytest.mark.parametrize("padding", ["none", "right"])
+def test_guard_raises_when_the_mask_was_built_but_attnlens_never_ran(padding, calls):
+    """Forced past the load check, Bloom builds its mask through attnlens and reads it as an
+    additive bias (padding and causality silently lost); the guard stops it at the end of the
+    forward, also when no padding made the mask trivial."""
+    model = forced_onto_attnlens(transformers.BloomForCausalLM(bloom_config()).eval())
+    input_ids, attention_mask = padded_batch(padding)
+    with pytest.raises(RuntimeError, match="none of its layers called the attnlens attention function"):
+        run(model, input_ids, attention_mask)
+    assert calls == []
+    assert hf._guard._stack() == []  # every record the forward opened was closed
+    # The guarded model stays usable under eager, and raises nothing there.
+    for module in model.modules():
+        if isinstance(module, transformers.PreTrainedModel):
+            module.config._attn_implementation_internal = "eager"
+    assert run(model, input_ids, attention_mask).logits.shape == (3, 9, VOCAB)
+
+
+def test_guard_keeps_its_records_straight_when_a_forward_raises():
+    model = twin(build("llama"), "attnlens")
+    with pytest.raises(IndexError):
+        run(model, torch.full((1, 4), VOCAB + 5, device=DEVICE), None)  # ids past the vocabulary
+    assert hf._guard._stack() == []
+    input_ids, attention_mask = padded_batch("left")
+    assert run(model, input_ids, attention_mask).last_hidden_state.shape == (3, 9, 32)
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_training_gradients_match_eager(name):
+    """A training step's loss and every parameter gradient (through the CPU path's backward) match
+    eager's on a padded batch. Measured: gradients differ by 1.5e-7 (BERT) and 1.3e-6 (Llama)
+    relative to the largest one; the bound leaves room for other CPUs' rounding."""
+    eager = build(name).train()
+    for module in eager.modules():  # dropout off: the two runs would draw different masks
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    lens = twin(eager, "attnlens").train()
+    input_ids, attention_mask = padded_batch("right")
+    grads = []
+    for model in (eager, lens):
+        with attnlens.use_backend("reference"):
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        loss = (hidden * attention_mask[..., None]).square().mean()
+        loss.backward()
+        grads.append({key: p.grad.clone() for key, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    scale = max(float(g.abs().max()) for g in grads[0].values())
+    worst = max(max_error(grads[1][key], grads[0][key]) for key in grads[0])
+    assert worst <= 1e-5 * scale, f"gradients differ by {worst:.3g} (largest gradient {scale:.3g})"
+
+
+def test_training_t5_raises_for_its_learned_position_bias():
+    """attnlens computes no gradient for an additive float mask, so T5's learned relative bias
+    cannot be trained through it: the error says so instead of silently freezing the bias."""
+    model = twin(build("t5"), "attnlens").train()
+    input_ids, attention_mask = padded_batch("right")
+    with pytest.raises(NotImplementedError, match="no gradient for position_bias"):
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    with torch.no_grad():  # inference is fine
+        assert model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.shape == (3, 9, 32)
