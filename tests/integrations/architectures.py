@@ -211,6 +211,13 @@ def shrink(fields: Dict[str, Any]) -> Dict[str, Any]:
             out[key] = EXACTLY[key]
         elif key == "vocab_size":
             out[key] = min(value, VOCAB)
+    if "head_dim" in fields and fields["head_dim"] is None and "hidden_size" in out:
+        out["head_dim"] = AT_MOST["head_dim"]  # some models read the field without deriving it
+    rope = fields.get("rope_parameters")
+    if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list):
+        # Multimodal rotary sections (time, height, width) must split the rotated half of a head.
+        parts, half = len(rope["mrope_section"]), AT_MOST["head_dim"] // 2
+        out["rope_parameters"] = {**rope, "mrope_section": [half - parts + 1] + [1] * (parts - 1)}
     vocab = out.get("vocab_size", fields.get("vocab_size"))
     if isinstance(vocab, int):
         # Special token ids past the shrunk vocabulary move to its top, keeping distinct ids distinct.
@@ -345,9 +352,16 @@ def _image_size(config: Any) -> Tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (32, 32)
 
 
-def synthetic_inputs(model: torch.nn.Module, config: Any, architecture: Architecture, with_media: bool = True):
+def synthetic_inputs(
+    model: torch.nn.Module,
+    config: Any,
+    architecture: Architecture,
+    with_media: bool = True,
+    frames_first: bool = False,
+):
     """Inputs for the forward call by what its signature takes: text (right padded), images,
-    audio; ``with_media=False`` gives a multimodal model its text alone."""
+    audio; ``with_media=False`` gives a multimodal model its text alone. Spectrograms are
+    ``[B, bins, frames]`` (Whisper's layout), or ``[B, frames, bins]`` with ``frames_first``."""
     generator = torch.Generator().manual_seed(0)
     accepted = inspect.signature(model.forward).parameters
     kwargs: Dict[str, Any] = {}
@@ -372,7 +386,8 @@ def synthetic_inputs(model: torch.nn.Module, config: Any, architecture: Architec
         parts.append("audio")
     elif with_media and "input_features" in accepted:
         bins = _find(config, "num_mel_bins", "feature_size", "input_feat_per_channel") or 80
-        kwargs["input_features"] = torch.randn(BATCH, int(bins), AUDIO_FRAMES, generator=generator)
+        shape = (BATCH, AUDIO_FRAMES, int(bins)) if frames_first else (BATCH, int(bins), AUDIO_FRAMES)
+        kwargs["input_features"] = torch.randn(*shape, generator=generator)
         parts.append("audio")
     if not parts:
         raise Unbuildable("its forward takes none of input_ids, pixel_values, input_values, input_features")

@@ -223,18 +223,21 @@ def _refusal_needed(eager: torch.nn.Module, inputs: Inputs, backend: str) -> str
 def _eager_inputs(eager: torch.nn.Module, config: Any, architecture: Architecture) -> Tuple[Inputs, Any]:
     """Inputs eager runs on, and eager's output: every modality first, then text alone."""
     failures = []
-    for with_media in (True, False):
+    attempts = [(True, False), (True, True)]  # spectrograms in either layout
+    if architecture.kind == "multimodal":
+        attempts.append((False, False))
+    for with_media, frames_first in attempts:
         try:
-            inputs = synthetic_inputs(eager, config, architecture, with_media=with_media)
+            inputs = synthetic_inputs(eager, config, architecture, with_media, frames_first)
         except Unbuildable as exc:
             failures.append(str(exc))
+            continue
+        if frames_first and "input_features" not in inputs.kwargs:
             continue
         try:
             return inputs, _run(eager, inputs)
         except Exception as exc:  # noqa: BLE001
             failures.append(f"eager fails on {'+'.join(inputs.parts)} inputs: {_first_line(exc)}")
-        if architecture.kind != "multimodal":
-            break
     raise Unbuildable("; ".join(dict.fromkeys(failures)))
 
 
