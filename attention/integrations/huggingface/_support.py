@@ -83,15 +83,15 @@ def _class_source(cls: type) -> str:
 def _reachable_modules(model_class: type) -> Tuple[type, ...]:
     """The ``nn.Module`` classes a model class can build: those its code names, and those their
     code names, transitively (including the values of module-level tables such as
-    ``GIT_SELF_ATTENTION_CLASSES``). Other ``PreTrainedModel`` classes it builds (a vision tower, a
-    text model) are checked when they are built, so the walk stops at them."""
+    ``GIT_SELF_ATTENTION_CLASSES``). Models built from a sub-config (``AutoModel.from_config``: a
+    vision tower, a text model) are not named, and are checked when they are built."""
 
     def modeling_code(cls: type) -> bool:  # not torch, not transformers' shared base classes
         return cls.__module__ == model_class.__module__ or cls.__module__.startswith("transformers.models.")
 
     found: Dict[type, None] = {}
-    # Not the family's shared *PreTrainedModel base: its weight initialisation names every module
-    # of every model in the file (a text model's base names the audio tower's layers).
+    # Never the family's shared *PreTrainedModel base: its weight initialisation names every module
+    # of every model in the file (a vision model's base names the audio tower's layers).
     pending = [
         cls
         for cls in model_class.__mro__
@@ -110,7 +110,7 @@ def _reachable_modules(model_class: type) -> Tuple[type, ...]:
                 if (
                     inspect.isclass(candidate)
                     and issubclass(candidate, torch.nn.Module)
-                    and not (issubclass(candidate, PreTrainedModel) and candidate not in model_class.__mro__)
+                    and not candidate.__name__.endswith("PreTrainedModel")
                 ):
                     pending.append(candidate)
     return tuple(found)
@@ -197,7 +197,7 @@ def unsupported_reason(model_class: Type[torch.nn.Module], config: Any = None) -
                 f"transformers' AttentionInterface, so attnlens would not run there and those layers would "
                 f"misread the mask attnlens builds"
             )
-        if _SINKS.search(source):
+        if any(_SINKS.search(_class_source(cls)) for cls in _reachable_modules(model_class)):
             return (
                 "it uses attention sinks (learned logits added to every softmax row), which attnlens does not compute"
             )
