@@ -411,6 +411,10 @@ def main(argv: List[str]) -> int:
         )
     counts = collections.Counter(outcome.result for outcome in outcomes)
     print(dict(counts), f"{sum(o.seconds for o in outcomes):.0f}s")
+    for what in ("outputs", "weights"):
+        measured = [(o.errors[what], o.model_type) for o in outcomes if what in o.errors]
+        if measured:
+            print(f"largest {what} error: {max(measured)[0]:.3g} ({max(measured)[1]})")
     if args.table:
         args.table.write_text(table(outcomes, args.backend))
     return 1 if counts.get("MISMATCH") or counts.get("ERROR") else 0

@@ -76,20 +76,32 @@ def backends(monkeypatch_module):
     return taken
 
 
-@pytest.fixture(scope="module")
-def outputs(checkpoint, registered, backends):
+def outputs_on(backend, checkpoint):
     """(attnlens, eager, float64 eager) outputs for the batch, with hidden states and attentions."""
     path, _, batch, eager = checkpoint
     lens = AutoModel.from_pretrained(path, attn_implementation="attnlens", local_files_only=True).eval()
     assert lens.config._attn_implementation == "attnlens"
     exact = AutoModel.from_pretrained(path, attn_implementation="eager", local_files_only=True).eval().double()
     exact.set_attn_implementation(ORACLE)
-    return _run(lens, batch), _run(eager, batch), _run(exact, batch)
+    with attnlens.use_backend(backend):
+        got = _run(lens, batch)
+    return got, _run(eager, batch), _run(exact, batch)
 
 
-def test_hidden_states_and_attentions_match_eager(checkpoint, outputs):
+@pytest.fixture(scope="module")
+def outputs(checkpoint, registered):
+    """On the plain-PyTorch CPU path (fast): what the embedding and bertviz tests read."""
+    return outputs_on("reference", checkpoint)
+
+
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+def test_hidden_states_and_attentions_match_eager(backend, checkpoint, registered, backends, outputs):
+    """Every layer, on the kernels (the interpreter on a CPU: slow) and on the reference path."""
     _, _, batch, eager = checkpoint
-    got, expected, exact = outputs
+    backends.clear()
+    got, expected, exact = outputs_on(backend, checkpoint) if backend == "kernels" else outputs
+    if backend == "kernels":
+        assert backends == ["kernels"] * eager.config.num_hidden_layers
     real = batch["attention_mask"].bool()  # [B, N]: the tokens (right padding is False)
     assert not real.all(), "the batch must be padded"
     layers = eager.config.num_hidden_layers
@@ -124,11 +136,6 @@ def test_sentence_embeddings_match_eager(checkpoint, outputs):
     assert max_error(embed(got), embed(expected)) <= 1e-6
     similarity = embed(got) @ embed(got).T
     assert max_error(similarity, embed(expected) @ embed(expected).T) <= 1e-6
-
-
-def test_ran_on_the_kernels(checkpoint, outputs, backends):
-    _, _, _, eager = checkpoint
-    assert backends == ["kernels"] * eager.config.num_hidden_layers
 
 
 def test_bertviz_draws_the_same_weights(checkpoint, outputs):

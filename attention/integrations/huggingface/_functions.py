@@ -64,7 +64,10 @@ def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_Mask
     mask_function = mask_kwargs.get("mask_function")
     if mask_function is None:
         return None
-    padded = mask_kwargs.get("attention_mask") is not None  # the model's 2-D padding mask
+    # The model's 2-D padding mask (True = token). All-True is no padding: "sdpa" reads it the same
+    # way (one device sync per mask, not per layer), and the kernels then skip the padding reads.
+    tokens = mask_kwargs.get("attention_mask")
+    padded = isinstance(tokens, torch.Tensor) and not bool(tokens.all())
     if bidirectional_mask_function is not None and mask_function is bidirectional_mask_function:
         # Padding only: every query row is the same row of kept keys.
         return _MaskLayout(~mask[:, 0, 0, :] if padded else None, False, "top_left", seqlen_q, seqlen_k)
