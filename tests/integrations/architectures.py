@@ -280,7 +280,7 @@ def check_size(architecture: Architecture, config: Any) -> None:
 
 def _special_ids(config: Any) -> set:
     ids = set()
-    for sub in _configs(config):
+    for sub in all_configs(config):
         for key, value in sub.to_dict().items():
             if key.endswith(("token_id", "token_index", "token_ids")):
                 for item in value if isinstance(value, (list, tuple)) else [value]:
@@ -289,7 +289,8 @@ def _special_ids(config: Any) -> set:
     return ids
 
 
-def _configs(config: Any) -> List[Any]:
+def all_configs(config: Any) -> List[Any]:
+    """``config`` and its sub-configs, recursively."""
     out, pending = [], [config]
     while pending:
         current = pending.pop()
@@ -301,7 +302,7 @@ def _configs(config: Any) -> List[Any]:
 
 
 def _find(config: Any, *names: str) -> Optional[Any]:
-    for sub in _configs(config):
+    for sub in all_configs(config):
         for name in names:
             value = getattr(sub, name, None)
             if value is not None:

@@ -52,6 +52,7 @@ from integrations.architectures import (  # noqa: E402
     Architecture,
     Inputs,
     Unbuildable,
+    all_configs,
     architectures,
     build,
     check_size,
@@ -178,21 +179,10 @@ def _force_attnlens(eager: torch.nn.Module) -> torch.nn.Module:
     forced = copy.deepcopy(eager)
     for module in forced.modules():
         if isinstance(module, PreTrainedModel):
-            for config in _all_configs(module.config):
+            for config in all_configs(module.config):
                 config._attn_implementation_internal = hf.NAME
             _guard.attach(module)
     return forced
-
-
-def _all_configs(config: Any) -> List[Any]:
-    found, pending = [], [config]
-    while pending:
-        current = pending.pop()
-        if current is None or any(current is seen for seen in found):
-            continue
-        found.append(current)
-        pending.extend(getattr(current, key, None) for key in getattr(current, "sub_configs", {}) or {})
-    return found
 
 
 def _refusal_needed(eager: torch.nn.Module, inputs: Inputs, backend: str) -> str:
@@ -270,7 +260,7 @@ def _generate(model: torch.nn.Module, config: Any) -> torch.Tensor:
 
 def _find_id(config: Any, *names: str) -> Optional[int]:
     for name in names:
-        for sub in _all_configs(config):
+        for sub in all_configs(config):
             value = getattr(sub, name, None)
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
@@ -316,6 +306,18 @@ def _refused_at_load(architecture: Architecture, config: Any) -> Optional[str]:
     return None
 
 
+def _build_eager(architecture: Architecture, config: Any) -> torch.nn.Module:
+    check_size(architecture, config)
+    try:
+        eager = build(architecture, config, "eager")
+    except Exception as exc:  # noqa: BLE001
+        raise Unbuildable(f"cannot build from a small config: {_first_line(exc)}") from exc
+    count = parameters(eager)  # for the models the meta device could not count
+    if count > MAX_PARAMETERS:
+        raise Unbuildable(f"its small config still has {count / 1e6:.1f}M parameters")
+    return eager
+
+
 def _sweep(architecture: Architecture, backend: str, outcome: Outcome) -> None:
     cls = model_class(architecture)
     try:
@@ -331,27 +333,28 @@ def _sweep(architecture: Architecture, backend: str, outcome: Outcome) -> None:
                 outcome.detail = f"{hf.unsupported_reason(cls, default)} (not run: {small_config_failure})"
                 return
         raise
-    check_size(architecture, config)
-    try:
-        eager = build(architecture, config, "eager")
-    except Exception as exc:  # noqa: BLE001
-        raise Unbuildable(f"cannot build from a small config: {_first_line(exc)}") from exc
-    count = parameters(eager)
-    if count > MAX_PARAMETERS:
-        raise Unbuildable(f"its small config still has {count / 1e6:.1f}M parameters")
-    try:
-        lens = build(architecture, config, hf.NAME)
-    except ValueError as exc:
-        if REFUSAL not in str(exc):
-            raise Mismatch(f"from_config with attnlens raised an unexpected error: {exc}") from exc
+    reason = hf.unsupported_reason(cls, config)
+    if reason is not None:  # refused: through from_config, then shown to be needed where it runs
+        if _refused_at_load(architecture, config) is None:
+            raise Mismatch(f"unsupported_reason says {reason!r}, yet from_config accepts attnlens")
         outcome.result = "refused"
-        reason = hf.unsupported_reason(cls, config)
         try:
+            eager = _build_eager(architecture, config)
             inputs, _ = _eager_inputs(eager, config, architecture)
         except Unbuildable as not_run:
             outcome.detail = f"{reason} (refusal not exercised: {not_run})"
             return
         outcome.detail = f"{reason}; {_refusal_needed(eager, inputs, backend)}"
+        return
+    eager = _build_eager(architecture, config)
+    try:
+        lens = build(architecture, config, hf.NAME)
+    except ValueError as exc:  # a model built inside (an audio tower from its sub-config) refused
+        if REFUSAL not in str(exc):
+            raise Mismatch(f"from_config with attnlens raised an unexpected error: {exc}") from exc
+        outcome.result = "refused"
+        inputs, _ = _eager_inputs(eager, config, architecture)
+        outcome.detail = f"{str(exc).split(': ', 1)[-1].split('; use ')[0]}; {_refusal_needed(eager, inputs, backend)}"
         return
     try:
         lens.load_state_dict(eager.state_dict())
