@@ -2,7 +2,9 @@
 
 Tests marked ``hf_sweep`` (the architecture sweep beyond its fast subset) are deselected unless
 the marker expression names the marker (``pytest -m hf_sweep tests/integrations``), so that
-``make test`` runs the fast subset only.
+``make test`` runs the fast subset only. The count of outcomes is printed at the end of a run that
+names ``tests/integrations`` (under pytest-xdist, only a conftest on the command line's path reaches
+the controller, which prints the summary).
 """
 
 from __future__ import annotations
