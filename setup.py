@@ -14,6 +14,7 @@ from setuptools import setup
 PACKAGE_DIR = {
     "attnlens": "attention",
     "attnlens.integrations": "attention/integrations",
+    "attnlens.integrations.huggingface": "attention/integrations/huggingface",
     "attnlens.tiny": "attention/tiny",
     "attnlens.kernels": "kernels",
     "attnlens.viz": "viz",
@@ -45,7 +46,8 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm"],
+        # bertviz: tests/integrations/test_minilm.py checks that it draws the weights attnlens returns.
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm", "bertviz"],
         "demo": ["tqdm"],
         "hf": ["transformers>=4.53"],
         "dev": ["ruff", "pandas"],

@@ -34,51 +34,23 @@ from transformers import (  # noqa: E402
     T5Config,
     T5EncoderModel,
 )
-from transformers.masking_utils import AttentionMaskInterface, eager_mask  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 
 import attnlens  # noqa: E402
 from attnlens.integrations import huggingface as hf  # noqa: E402
 from helpers import DEVICE, assert_rule, describe_worst, max_error  # noqa: E402
+from integrations.conftest import ORACLE  # noqa: E402
 
 VOCAB = 100
 # Measured: float32 attnlens vs float32 eager differs by <= 6e-7 in hidden states and <= 1.2e-7 in
 # weights on these models; the direct bounds leave a few ulps of room above that.
 HIDDEN_ATOL = 2e-6
 WEIGHTS_ATOL = 5e-7
-ORACLE = "eager_float64_test_oracle"
-
-
-def float64_eager_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
-    dropout: float = 0.0,
-    scaling: Optional[float] = None,
-    position_bias: Optional[torch.Tensor] = None,
-    **kwargs: Any,
-):
-    """Eager attention without the float32 softmax some models' eager code casts to (a float32
-    cast turns the float64 mask minimum into -inf and fully masked rows into NaN)."""
-    groups = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
-    if position_bias is not None:
-        scores = scores + position_bias
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    weights = scores.softmax(dim=-1)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 @pytest.fixture(scope="module", autouse=True)
-def registered():
-    name = hf.register()
-    AttentionInterface.register(ORACLE, float64_eager_attention)
-    AttentionMaskInterface.register(ORACLE, eager_mask)
-    return name
+def _registered(registered):
+    return registered
 
 
 @dataclasses.dataclass
@@ -99,7 +71,7 @@ class Call:
 def calls(monkeypatch) -> List[Call]:
     """Records every call the bridge makes to attnlens, and which path each one took."""
     recorded: List[Call] = []
-    original = hf.scaled_dot_product_attention
+    original = hf._functions.scaled_dot_product_attention
 
     def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, **kwargs):
         recorded.append(
@@ -116,7 +88,7 @@ def calls(monkeypatch) -> List[Call]:
         )
         return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, **kwargs)
 
-    monkeypatch.setattr(hf, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(hf._functions, "scaled_dot_product_attention", spy)
     return recorded
 
 
@@ -300,7 +272,7 @@ def test_outputs_and_attentions_match_eager(name, padding, calls):
 
 def test_register_is_idempotent_and_from_config_uses_it(registered, calls):
     assert hf.register() == hf.register() == registered == "attnlens"
-    assert AttentionInterface()["attnlens"] is hf.attention_forward
+    assert AttentionInterface()["attnlens"] is hf.attention_function
     assert AttentionMaskInterface()["attnlens"] is hf.attention_mask
     eager = build("llama")
     lens = AutoModel.from_config(llama(), attn_implementation="attnlens").eval()
@@ -426,14 +398,47 @@ class _Layer(torch.nn.Module):
     [
         (dict(softcap=30.0), "soft-capping"),
         (dict(s_aux=torch.zeros(2)), "sinks"),
-        (dict(head_mask=torch.ones(2)), "head_mask"),
         (dict(sliding_window=2), "sliding_window"),
     ],
 )
 def test_unsupported_features_raise(kwargs, message):
     query = torch.randn(1, 2, 4, 8, device=DEVICE)
     with pytest.raises(NotImplementedError, match=message):
-        hf.attention_forward(_Layer(), query, query, query, None, **kwargs)
+        hf.attention_function(_Layer(), query, query, query, None, **kwargs)
+
+
+def test_head_mask_is_ignored_as_eager_ignores_it(calls):
+    """transformers 5 removed head_mask from every model: passed to the forward call it reaches the
+    attention function unread, and eager's output does not change. attnlens does the same."""
+    eager = build("bert")
+    lens = twin(eager, "attnlens")
+    input_ids, attention_mask = padded_batch("right")
+    head_mask = torch.zeros(eager.config.num_hidden_layers, eager.config.num_attention_heads, device=DEVICE)
+    plain = run(eager, input_ids, attention_mask).last_hidden_state
+    masked = run(eager, input_ids, attention_mask, head_mask=head_mask).last_hidden_state
+    if not torch.equal(plain, masked):
+        pytest.skip(f"eager applies head_mask in transformers {transformers.__version__}")
+    assert not hf._functions._eager_reads_head_mask(type(eager).__module__)
+    got = run(lens, input_ids, attention_mask, head_mask=head_mask).last_hidden_state
+    assert torch.equal(got, run(lens, input_ids, attention_mask).last_hidden_state)
+    assert max_error(got, masked) <= HIDDEN_ATOL
+    assert len(calls) == 2 * eager.config.num_hidden_layers
+
+
+def legacy_eager_attention_weights(weights: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
+    """What transformers 4.x eager attention did with a head mask (this module's source reads
+    head_mask, as those modeling files did)."""
+    return weights * head_mask
+
+
+def test_head_mask_raises_where_the_model_applies_it():
+    query = torch.randn(1, 2, 4, 8, device=DEVICE)
+    assert hf._functions._eager_reads_head_mask(_Layer.__module__)
+    with pytest.raises(NotImplementedError, match="head_mask"):
+        hf.attention_function(_Layer(), query, query, query, None, head_mask=torch.ones(2))
+    # without a head mask the same layer runs
+    out, _ = hf.attention_function(_Layer(), query, query, query, None)
+    assert out.shape == (1, 4, 2, 8)
 
 
 def test_attention_sinks_on_the_module_raise():
@@ -441,7 +446,7 @@ def test_attention_sinks_on_the_module_raise():
     layer.sinks = torch.nn.Parameter(torch.zeros(2))
     query = torch.randn(1, 2, 4, 8, device=DEVICE)
     with pytest.raises(NotImplementedError, match="sinks"):
-        hf.attention_forward(layer, query, query, query, None)
+        hf.attention_function(layer, query, query, query, None)
 
 
 # The kernels fold log2(e) into the scores, clamping the float32 minimum first so that it stays
@@ -456,8 +461,8 @@ def test_float_and_bool_masks_are_taken_as_transformers_means_them():
     allowed[..., 0] = True
     additive = torch.zeros(2, 1, 3, 5, device=DEVICE).masked_fill(~allowed, torch.finfo(torch.float32).min)
     layer = _Layer()
-    out_bool, weights_bool = hf.attention_forward(layer, query, key, value, allowed, output_attentions=True)
-    out_float, weights_float = hf.attention_forward(layer, query, key, value, additive, output_attentions=True)
+    out_bool, weights_bool = hf.attention_function(layer, query, key, value, allowed, output_attentions=True)
+    out_float, weights_float = hf.attention_function(layer, query, key, value, additive, output_attentions=True)
     expected_out, expected_weights = attnlens.reference.scaled_dot_product_attention(
         query, key, value, attn_mask=allowed, return_weights=True
     )
@@ -465,3 +470,164 @@ def test_float_and_bool_masks_are_taken_as_transformers_means_them():
         assert out.shape == (2, 3, 2, 8)
         assert max_error(out, expected_out.transpose(1, 2)) <= 1e-6
         assert max_error(weights, expected_weights) <= 1e-6
+
+
+# ---- which models attnlens refuses at load, and the run-time guard -----------------------------
+
+
+def bloom_config() -> "transformers.BloomConfig":
+    return transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+
+
+REFUSED = {
+    # its attention layers compute attention themselves and misread the attnlens mask
+    "bloom": (bloom_config, "BloomAttention"),
+    "gpt_neo": (
+        lambda: transformers.GPTNeoConfig(
+            vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]
+        ),
+        "GPTNeoSelfAttention",
+    ),
+    "falcon": (
+        lambda: transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+        "FalconAttention",
+    ),
+    "gemma2": (
+        lambda: transformers.Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+        ),
+        "attn_logit_softcapping=50.0",
+    ),
+    "llama_wide_heads": (
+        lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=1, head_dim=512),
+        "512 dimensions",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unsupported_models_are_refused_by_from_config(name):
+    make_config, reason = REFUSED[name]
+    with pytest.raises(ValueError, match="cannot use attn_implementation='attnlens'") as refusal:
+        transformers.AutoModelForCausalLM.from_config(make_config(), attn_implementation="attnlens")
+    message = str(refusal.value)
+    assert reason in message  # the reason...
+    assert "use attn_implementation='eager'" in message  # ...and the alternative
+
+
+def test_unsupported_models_are_refused_by_from_pretrained(tmp_path):
+    transformers.BloomForCausalLM(bloom_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="BloomAttention"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="attnlens")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    assert loaded.config._attn_implementation == "eager"
+
+
+def test_unsupported_models_are_refused_by_set_attn_implementation():
+    """transformers itself only warns for such a model and keeps its implementation; attnlens
+    refuses, and leaves the model as it was."""
+    model = transformers.BloomForCausalLM(bloom_config())
+    with pytest.raises(ValueError, match="BloomAttention"):
+        model.set_attn_implementation("attnlens")
+    assert model.config._attn_implementation == "eager"
+    # Other implementations are untouched: transformers warns and keeps eager, as without attnlens.
+    model.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_supported_models_are_accepted_and_guarded():
+    assert hf.unsupported_reason(transformers.LlamaForCausalLM, llama()) is None
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        attn_logit_softcapping=None,  # without soft-capping Gemma 2 is plain attention
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="attnlens")
+    assert model.config._attn_implementation == "attnlens"
+    assert getattr(model, hf._guard._HOOKED) and getattr(model.model, hf._guard._HOOKED)
+
+
+def forced_onto_attnlens(model: torch.nn.Module) -> torch.nn.Module:
+    """A model switched to attnlens past the load checks (as editing its config would), with the
+    guard attached."""
+    for module in model.modules():
+        if isinstance(module, transformers.PreTrainedModel):
+            module.config._attn_implementation_internal = "attnlens"
+            hf._guard.attach(module)
+    return model
+
+
+@pytest.mark.parametrize("padding", ["none", "right"])
+def test_guard_raises_when_the_mask_was_built_but_attnlens_never_ran(padding, calls):
+    """Forced past the load check, Bloom builds its mask through attnlens and reads it as an
+    additive bias (padding and causality silently lost); the guard stops it at the end of the
+    forward, also when no padding made the mask trivial."""
+    model = forced_onto_attnlens(transformers.BloomForCausalLM(bloom_config()).eval())
+    input_ids, attention_mask = padded_batch(padding)
+    with pytest.raises(RuntimeError, match="none of its layers called the attnlens attention function"):
+        run(model, input_ids, attention_mask)
+    assert calls == []
+    assert hf._guard._stack() == []  # every record the forward opened was closed
+    # The guarded model stays usable under eager, and raises nothing there.
+    for module in model.modules():
+        if isinstance(module, transformers.PreTrainedModel):
+            module.config._attn_implementation_internal = "eager"
+    assert run(model, input_ids, attention_mask).logits.shape == (3, 9, VOCAB)
+
+
+def test_guard_keeps_its_records_straight_when_a_forward_raises():
+    model = twin(build("llama"), "attnlens")
+    with pytest.raises(IndexError):
+        run(model, torch.full((1, 4), VOCAB + 5, device=DEVICE), None)  # ids past the vocabulary
+    assert hf._guard._stack() == []
+    input_ids, attention_mask = padded_batch("left")
+    assert run(model, input_ids, attention_mask).last_hidden_state.shape == (3, 9, 32)
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_training_gradients_match_eager(name):
+    """A training step's loss and every parameter gradient (through the CPU path's backward) match
+    eager's on a padded batch. Measured: gradients differ by 1.5e-7 (BERT) and 1.3e-6 (Llama)
+    relative to the largest one; the bound leaves room for other CPUs' rounding."""
+    eager = build(name).train()
+    for module in eager.modules():  # dropout off: the two runs would draw different masks
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    lens = twin(eager, "attnlens").train()
+    input_ids, attention_mask = padded_batch("right")
+    grads = []
+    for model in (eager, lens):
+        with attnlens.use_backend("reference"):
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        loss = (hidden * attention_mask[..., None]).square().mean()
+        loss.backward()
+        grads.append({key: p.grad.clone() for key, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    scale = max(float(g.abs().max()) for g in grads[0].values())
+    worst = max(max_error(grads[1][key], grads[0][key]) for key in grads[0])
+    assert worst <= 1e-5 * scale, f"gradients differ by {worst:.3g} (largest gradient {scale:.3g})"
+
+
+def test_training_t5_raises_for_its_learned_position_bias():
+    """attnlens computes no gradient for an additive float mask, so T5's learned relative bias
+    cannot be trained through it: the error says so instead of silently freezing the bias."""
+    model = twin(build("t5"), "attnlens").train()
+    input_ids, attention_mask = padded_batch("right")
+    with pytest.raises(NotImplementedError, match="no gradient for position_bias"):
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    with torch.no_grad():  # inference is fine
+        assert model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.shape == (3, 9, 32)

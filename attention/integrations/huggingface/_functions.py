@@ -1,53 +1,23 @@
-"""Hugging Face transformers bridge: ``attn_implementation="attnlens"``.
-
-::
-
-    from attnlens.integrations import huggingface
-    name = huggingface.register()                    # "attnlens"
-    model = AutoModel.from_pretrained(model_id, attn_implementation=name)
-    out = model(**batch, output_attentions=True)     # out.attentions: exact weights, fused kernels
-
-``register()`` adds two functions to transformers' registries under the same name:
-
-- ``attention_forward`` in ``AttentionInterface``: what every attention layer calls. It runs
-  ``attnlens.scaled_dot_product_attention`` and returns the weights only when the forward call
-  asked for them (``output_attentions=True``), so ordinary calls stay on the weight-free path.
-- ``attention_mask`` in ``AttentionMaskInterface``: builds the mask a model
-  hands to its layers. Without an entry there transformers builds no mask at all for a custom
-  implementation, and padding and causality would be silently lost. It builds exactly the boolean
-  mask transformers builds for ``"sdpa"`` (True = attend, or None when ``is_causal`` suffices), and
-  for the two common patterns (padding only; causal plus padding) also notes that pattern on the
-  mask, so the layers pass ``key_padding_mask`` and ``is_causal`` to the kernels, which then skip
-  key blocks that are wholly masked instead of reading a dense mask for every block.
-
-Needs transformers >= 4.53, the first version that builds every model's masks through
-``AttentionMaskInterface``. transformers >= 5 is where it is complete: there encoders (BERT) use
-``AttentionInterface`` too, every model's ``output_attentions`` reaches the kernels (4.x GPT-2 never
-tells the attention function), and the padded-causal pattern is recognised (4.x passes a cache
-position tensor instead of offsets, so those masks are read densely: correct, without block skipping).
+"""The two functions ``register()`` adds to transformers' registries: the attention function every
+attention layer calls (``AttentionInterface``) and the mask function that builds the mask a model
+hands its layers (``AttentionMaskInterface``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import sys
 from typing import Any, Optional, Tuple
 
 import torch
 
+# The package's __init__ has checked that transformers is new enough (>= 4.53) for these.
+from transformers.masking_utils import causal_mask_function, sdpa_mask
+
 from attnlens.functional import scaled_dot_product_attention
-
-try:
-    from transformers import AttentionInterface
-
-    # transformers >= 4.53 builds every model's masks through this registry; before it, each model
-    # built its own, with model-specific conventions (GPT-2's eager code added causality itself,
-    # so a custom implementation silently lost it).
-    from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
-except ImportError as _exc:  # transformers missing, or older than 4.53
-    raise ImportError(
-        "attnlens.integrations.huggingface needs transformers >= 4.53 (AttentionInterface and "
-        "AttentionMaskInterface); install it with: pip install 'attnlens[hf]'"
-    ) from _exc
+from attnlens.integrations.huggingface._guard import NAME, compiling, note_attention_ran, note_mask_built
 
 try:  # transformers >= 5 (encoders build their masks through the registry too)
     from transformers.masking_utils import bidirectional_mask_function
@@ -59,9 +29,7 @@ try:  # transformers >= 5: the hooks that fill outputs.attentions read this cont
 except ImportError:
     _active_collector = None
 
-__all__ = ["NAME", "register", "attention_forward", "attention_mask"]
-
-NAME = "attnlens"
+__all__ = ["attention_function", "attention_mask"]
 
 # The attribute under which ``attention_mask`` notes the mask's pattern on the mask tensor itself.
 # It lives and dies with that tensor: any new tensor derived from it (a slice, a copy, a mask the
@@ -73,22 +41,16 @@ _LAYOUT_ATTRIBUTE = "_attnlens_layout"
 class _MaskLayout:
     """A boolean ``[B, 1, Nq, Nk]`` mask that equals ``causal(alignment) & ~key_padding_mask``.
 
-    ``key_padding_mask`` is bool ``[B, Nk]``, True = padding; ``is_causal`` False means the mask
-    is the key padding alone (every query row the same).
+    ``key_padding_mask`` is bool ``[B, Nk]``, True = padding, or None when the model passed no
+    padding mask; ``is_causal`` False means the mask is the key padding alone (every query row the
+    same).
     """
 
-    key_padding_mask: torch.Tensor
+    key_padding_mask: Optional[torch.Tensor]
     is_causal: bool
     causal_alignment: str
     seqlen_q: int
     seqlen_k: int
-
-
-def _compiling() -> bool:
-    # Dynamo cannot be relied on to keep Python attributes set on tensors made inside a graph;
-    # compiled models use the dense mask, which is equally correct.
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_MaskLayout]:
@@ -102,9 +64,13 @@ def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_Mask
     mask_function = mask_kwargs.get("mask_function")
     if mask_function is None:
         return None
+    # The model's 2-D padding mask (True = token). All-True is no padding: "sdpa" reads it the same
+    # way (one device sync per mask, not per layer), and the kernels then skip the padding reads.
+    tokens = mask_kwargs.get("attention_mask")
+    padded = isinstance(tokens, torch.Tensor) and not bool(tokens.all())
     if bidirectional_mask_function is not None and mask_function is bidirectional_mask_function:
         # Padding only: every query row is the same row of kept keys.
-        return _MaskLayout(~mask[:, 0, 0, :], False, "top_left", seqlen_q, seqlen_k)
+        return _MaskLayout(~mask[:, 0, 0, :] if padded else None, False, "top_left", seqlen_q, seqlen_k)
     if mask_function is causal_mask_function:
         # transformers >= 5 names the positions of the first query and key; older versions pass a
         # cache_position tensor instead, which would need a device sync to read.
@@ -120,22 +86,32 @@ def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_Mask
             return None
         # The last query sees every key that any query sees (causality only grows with i), so
         # its row is exactly the keys padding leaves; causal & that row rebuilds the whole mask.
-        return _MaskLayout(~mask[:, 0, -1, :], True, alignment, seqlen_q, seqlen_k)
+        return _MaskLayout(~mask[:, 0, -1, :] if padded else None, True, alignment, seqlen_q, seqlen_k)
     return None  # sliding windows, chunks, packed sequences, custom overlays: dense
 
 
 def attention_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
     """The mask function registered in ``AttentionMaskInterface``.
 
-    Takes whatever transformers passes to a mask function and returns what ``sdpa_mask`` returns
-    for it: bool ``[B, 1, Nq, Nk]``, True = attend, or None when the layers can rely on
-    ``is_causal`` (no padding) or need no mask at all. Sliding windows, chunked attention and
-    packed sequences are therefore in the mask, as for ``"sdpa"``. For padding-only and
-    causal-plus-padding masks the pattern is also noted on the returned tensor so that
-    ``attention_forward`` can hand the kernels ``key_padding_mask``/``is_causal`` instead.
+    Takes whatever transformers passes to a mask function and returns the mask ``sdpa_mask``
+    builds for it: bool ``[B, 1, Nq, Nk]``, True = attend (broadcast over the batch, or over the
+    queries, where padding does not vary them, so it costs at most ``Nq * Nk`` bools then). Sliding
+    windows, chunked attention and packed sequences are therefore in the mask, as for ``"sdpa"``.
+
+    Unlike ``"sdpa"`` it never returns None for "the layer's ``is_causal`` flag suffices": some
+    models build a causal mask for layers whose flag says otherwise (NLLB-MoE's decoder), and
+    ``"sdpa"`` then silently drops causality. The mask states the pattern; for padding-only and
+    causal-plus-padding masks the pattern is also noted on the returned tensor, so that
+    ``attention_function`` hands the kernels ``key_padding_mask``/``is_causal`` (which let them skip
+    masked key blocks) instead of the dense mask.
     """
+    note_mask_built()
+    if not args:
+        kwargs = {**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False}
     mask = sdpa_mask(*args, **kwargs)
-    if mask is None or args or _compiling():
+    # Dynamo cannot be relied on to keep Python attributes set on tensors made inside a graph;
+    # compiled models use the dense mask, which is equally correct.
+    if mask is None or args or compiling():
         return mask
     layout = _layout_of_new_mask(mask, kwargs)
     if layout is not None:
@@ -157,7 +133,7 @@ def _unsupported(module: torch.nn.Module, kwargs: dict) -> None:
             f"attn_implementation={NAME!r} does not support attention sinks; use "
             f"attn_implementation='eager' for this model"
         )
-    if kwargs.get("head_mask") is not None:
+    if kwargs.get("head_mask") is not None and _eager_reads_head_mask(type(module).__module__):
         raise NotImplementedError(
             f"attn_implementation={NAME!r} does not support head_mask; use attn_implementation='eager' to mask heads"
         )
@@ -166,6 +142,22 @@ def _unsupported(module: torch.nn.Module, kwargs: dict) -> None:
             f"attn_implementation={NAME!r} does not support continuous batching (a paged cache); "
             f"use model.generate without it, or attn_implementation='sdpa' for serving"
         )
+
+
+@functools.lru_cache(maxsize=None)
+def _eager_reads_head_mask(module_name: str) -> bool:
+    """Whether the modeling code of an attention layer applies ``head_mask``.
+
+    transformers 4.x eager attention multiplied the weights by it; transformers 5 removed it from
+    every model, whose layers pass it on to the attention function unread, so eager ignores it and
+    attnlens does the same. Code that cannot be read counts as applying it (attnlens then raises
+    rather than guess).
+    """
+    try:
+        source = inspect.getsource(sys.modules[module_name])
+    except (KeyError, OSError, TypeError):
+        return True
+    return "head_mask" in source
 
 
 def _weights_requested(kwargs: dict) -> bool:
@@ -193,7 +185,7 @@ def _resolve_mask(
         # whose unwritten tail only the top-left alignment hides), and one query (decoding) sees
         # every key it was given.
         return None, None, causal and seqlen_q > 1, "top_left"
-    layout = None if _compiling() else getattr(mask, _LAYOUT_ATTRIBUTE, None)
+    layout = None if compiling() else getattr(mask, _LAYOUT_ATTRIBUTE, None)
     if layout is not None and (layout.seqlen_q, layout.seqlen_k) == (seqlen_q, seqlen_k):
         return None, layout.key_padding_mask, layout.is_causal, layout.causal_alignment
     if (
@@ -210,7 +202,7 @@ def _resolve_mask(
     return mask, None, False, "top_left"
 
 
-def attention_forward(
+def attention_function(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -236,8 +228,13 @@ def attention_forward(
     the call asked for them (``output_attentions=True``). A query row with nothing to attend to gives
     output 0 and weights 0 (eager gives a uniform row there).
 
-    Raises ``NotImplementedError`` for soft-capping, attention sinks, head masks and paged caches.
+    ``head_mask`` is ignored where the model's own eager code ignores it (every model in
+    transformers 5) and refused where that code applies it (transformers 4.x).
+
+    Raises ``NotImplementedError`` for soft-capping, attention sinks, head masks a model applies,
+    and paged caches.
     """
+    note_attention_ran()
     _unsupported(module, kwargs)
     batch, heads_q, seqlen_q, _ = query.shape
     seqlen_k = key.shape[2]
@@ -287,16 +284,3 @@ def attention_forward(
     # transformers expects [B, Nq, H, Dv]; the kernels write the output in the query's layout, which
     # for a model's transposed projections makes this transpose contiguous already (no copy).
     return out.transpose(1, 2).contiguous(), weights
-
-
-def register() -> str:
-    """Make ``attn_implementation="attnlens"`` available to every transformers model that uses
-    ``AttentionInterface``; returns that name. Calling it again changes nothing.
-
-    Registers ``attention_forward`` and ``attention_mask`` (so padding and causal masks reach the
-    kernels) in transformers' global registries, which every model consults at call time: models
-    loaded before ``register()`` can switch with ``model.set_attn_implementation("attnlens")``.
-    """
-    AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, attention_mask)
-    return NAME
