@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test bench report lint clean
+.PHONY: install demo test test-hf-sweep bench report lint clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
+
+# The whole Hugging Face architecture sweep (every model transformers' auto mappings build), beyond
+# the fast subset `make test` runs; about a minute on two cores.
+test-hf-sweep: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m hf_sweep tests/integrations
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench --benchmark-only
