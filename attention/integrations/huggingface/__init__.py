@@ -52,9 +52,20 @@ except ImportError as _exc:  # transformers missing, or older than 4.53
 
 from attnlens.integrations.huggingface._functions import attention_function, attention_mask
 from attnlens.integrations.huggingface._guard import NAME
-from attnlens.integrations.huggingface._support import install_load_checks, unsupported_reason
+from attnlens.integrations.huggingface._support import (
+    attention_outside_interface,
+    install_load_checks,
+    unsupported_reason,
+)
 
-__all__ = ["NAME", "register", "attention_function", "attention_mask", "unsupported_reason"]
+__all__ = [
+    "NAME",
+    "register",
+    "attention_function",
+    "attention_mask",
+    "unsupported_reason",
+    "attention_outside_interface",
+]
 
 
 def register() -> str:

@@ -17,7 +17,13 @@ import torch
 from transformers.masking_utils import causal_mask_function, sdpa_mask
 
 from attnlens.functional import scaled_dot_product_attention
-from attnlens.integrations.huggingface._guard import NAME, compiling, note_attention_ran, note_mask_built
+from attnlens.integrations.huggingface._guard import (
+    NAME,
+    attentions_requested,
+    compiling,
+    note_attention_ran,
+    note_mask_built,
+)
 
 try:  # transformers >= 5 (encoders build their masks through the registry too)
     from transformers.masking_utils import bidirectional_mask_function
@@ -165,9 +171,11 @@ def _weights_requested(kwargs: dict) -> bool:
 
     transformers >= 5 records ``outputs.attentions`` with forward hooks on the attention modules
     and does not always forward ``output_attentions`` to the attention function (GPT-2 drops it),
-    so the active recorder is asked as well; older versions pass ``output_attentions`` down.
+    so the active recorder is asked as well; older versions pass ``output_attentions`` down. Models
+    that gather the weights their layers return without saying so to the attention function
+    (Falcon) are caught by the guard, which saw the model's own ``output_attentions``.
     """
-    if kwargs.get("output_attentions"):
+    if kwargs.get("output_attentions") or attentions_requested():
         return True
     if _active_collector is None:
         return False

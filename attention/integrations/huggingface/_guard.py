@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-from typing import Any, List
+from typing import Any, Dict, List
 
 import torch
 
@@ -33,6 +33,7 @@ _HOOKED = "_attnlens_guarded"
 class _Record:
     masks_built: int = 0
     attention_calls: int = 0
+    wants_attentions: bool = False  # the forward was asked for outputs.attentions
 
 
 _state = threading.local()
@@ -67,9 +68,28 @@ def note_attention_ran() -> None:
         stack[-1].attention_calls += 1
 
 
-def _open(module: torch.nn.Module, args: Any) -> None:
-    if not compiling():
-        _stack().append(_Record())
+def attentions_requested() -> bool:
+    """Whether the innermost guarded forward running now (or one enclosing it) was asked for
+    ``outputs.attentions``: ``output_attentions=True``, or left None with the config's
+    ``output_attentions`` set. Some models (Falcon) collect the weights their layers return
+    without telling the attention function that they are wanted."""
+    stack = _stack()
+    return bool(stack) and stack[-1].wants_attentions
+
+
+def _asks_for_attentions(module: torch.nn.Module, kwargs: Dict[str, Any]) -> bool:
+    requested = kwargs.get("output_attentions")
+    if requested is None:
+        requested = getattr(getattr(module, "config", None), "output_attentions", False)
+    return bool(requested)
+
+
+def _open(module: torch.nn.Module, args: Any, kwargs: Dict[str, Any]) -> None:
+    if compiling():
+        return
+    stack = _stack()
+    enclosing = stack[-1].wants_attentions if stack else False
+    stack.append(_Record(wants_attentions=enclosing or _asks_for_attentions(module, kwargs)))
 
 
 def _close(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -98,7 +118,7 @@ def attach(model: torch.nn.Module) -> None:
     """Attach the guard's hooks to ``model`` (once)."""
     if getattr(model, _HOOKED, False):
         return
-    model.register_forward_pre_hook(_open)
+    model.register_forward_pre_hook(_open, with_kwargs=True)
     # always_call: the record is closed even when the forward raises.
     model.register_forward_hook(_close, always_call=True)
     setattr(model, _HOOKED, True)
