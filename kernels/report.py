@@ -52,6 +52,7 @@ __all__ = [
     "parse_config",
     "compile_variant",
     "compile_all",
+    "opcode_counts",
     "format_table",
     "main",
 ]
@@ -136,6 +137,7 @@ class CompileResult:
     spill_stores: int = 0  # STL instructions in the SASS
     spill_loads: int = 0  # LDL instructions in the SASS
     loop_spills: int = 0  # of those, the STL/LDL inside a loop of the SASS (``loop_spill_count``)
+    opcodes: Dict[str, int] = dataclasses.field(default_factory=dict)  # SASS instruction mix
 
     @property
     def ok(self) -> bool:
@@ -165,6 +167,7 @@ class CompileResult:
             "shared_bytes": self.shared_bytes,
             "shared_limit": self.shared_limit,
             "mma": self.mma,
+            "opcodes": self.opcodes,
             "error": self.error,
         }
 
@@ -360,7 +363,18 @@ def compile_variant(v: Variant) -> CompileResult:
         spill_stores=stores,
         spill_loads=loads,
         loop_spills=loop_spill_count(sass),
+        opcodes=opcode_counts(sass),
     )
+
+
+# An instruction line of nvdisasm: "/*0080*/   @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;"
+_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def opcode_counts(sass: str) -> Dict[str, int]:
+    """How many times each opcode (without its modifiers: ``LDG.E.128`` counts as ``LDG``) stands
+    in the SASS: the instruction mix two builds of a kernel are compared by."""
+    return dict(sorted(collections.Counter(_INSTRUCTION.findall(sass)).items()))
 
 
 def loop_spill_count(sass: str) -> int:
