@@ -152,9 +152,9 @@ def dropout_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> to
     if p.dropout_p == 0.0:
         keep = torch.ones((batch, heads_q, seqlen_q, seqlen_k), dtype=torch.bool, device=device)
     elif selected_backend(device) == "kernels":
-        from attnlens.kernels.forward import dropout_keep_mask
+        from attnlens.kernels import launch_dropout_mask
 
-        keep = dropout_keep_mask(_draw_seed(device), batch, heads_q, seqlen_q, seqlen_k, p.dropout_p)
+        keep = launch_dropout_mask(_draw_seed(device), batch, heads_q, seqlen_q, seqlen_k, p.dropout_p)
     else:  # the reference's draw (attnlens.reference.attention)
         draw = torch.rand((batch, heads_q, seqlen_q, seqlen_k), device=device, dtype=torch.float32)
         keep = draw >= p.dropout_p
@@ -164,7 +164,7 @@ def dropout_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> to
 def _kernel_attention(p: Prepared) -> Tuple[torch.Tensor, torch.Tensor]:
     seed = _draw_seed(p.query.device) if p.dropout_p > 0.0 else None
     allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
-    out, _, weights = _ops_module().attention_op(
+    out, _, weights = _ops_module().sdpa_forward_op(
         p.query,
         p.key,
         p.value,

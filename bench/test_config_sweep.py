@@ -37,7 +37,7 @@ import torch
 
 import attnlens
 from attnlens.kernels.config import KernelConfig, get_config, is_heavy, override_config
-from attnlens.kernels.forward import tma_eligible
+from attnlens.kernels.launch import tma_eligible
 from attnlens.kernels.report import parse_config
 from attnlens.kernels.tiles import MASK_NONE
 from harness import (

@@ -92,7 +92,7 @@ KERNEL_FUNCTIONS = _kernel_functions()
 
 # Pointer element types: "q" means the input dtype, "acc" fp32 (fp64 for fp64 inputs).
 _POINTER_TYPES = {
-    "lse_ptr": "acc",
+    "row_stats_ptr": "acc",
     "delta_ptr": "acc",
     "kv_range_ptr": "i32",
     "seed_ptr": "i64",

@@ -1,4 +1,4 @@
-"""Triton building blocks shared by every attention kernel.
+"""Triton building blocks shared by every attention kernel (device code only).
 
 The forward, the weights and the backward kernels all rebuild the same score tile; they call the
 helpers below so that the scale, the masks and the dropout pattern are applied identically
@@ -7,13 +7,23 @@ same bits of mask and the same random numbers.
 
 Exponent domain: for fp16, bf16 and fp32 inputs the kernels work in base 2 (the softmax scale is
 multiplied by log2(e) on the host so ``exp2`` replaces ``exp``, which is one instruction on a GPU),
-and the saved log-sum-exp is in base 2. For fp64 inputs (gradcheck) they work in base e, because
-a log2(e) folded into a float32 kernel argument would cost fp64 its precision.
+and the saved row statistics are in base 2. For fp64 inputs (gradcheck) they work in base e,
+because a log2(e) folded into a float32 kernel argument would cost fp64 its precision.
 
 Index tiles: helpers take ``rows`` (query positions) and ``cols`` (key positions) as broadcastable
 2-D integer tensors, ``offs_m[:, None]`` and ``offs_n[None, :]`` for a ``[BLOCK_M, BLOCK_N]``
 tile, or ``offs_m[None, :]`` and ``offs_n[:, None]`` for the transposed tile the dK/dV kernel
 uses; every helper works for both orientations.
+
+Grouped arguments (tuples; Triton 3.6 and newer pass them to ``@triton.jit`` helpers):
+
+- a *matrix* ``(base, stride_row, stride_col, num_rows, num_cols)``: one (batch, head) slice of a
+  ``[..., rows, cols]`` tensor, read by ``load_block`` / ``load_block_transposed`` and written by
+  ``store_block``, which take 1-D row and column indices;
+- the *scoring* ``(qk_scale, qk_scale_lo, causal_offset, seqlen_q, seqlen_k, mask_base,
+  stride_mask_q, stride_mask_k, pad_base, stride_pad_k)``: what turns ``q @ k^T`` into the
+  masked scores of one (batch, head), read by ``score_tile``;
+- the *dropout* ``(seed, rng_stream, dropout_p, keep_scale)`` of one (batch, head).
 """
 
 import triton
@@ -30,6 +40,7 @@ LOG2E_CONSTEXPR = tl.constexpr(LOG2E)
 MIN_FP32_BIAS = -3.4028234663852886e38 / LOG2E
 MIN_FP32_BIAS_CONSTEXPR = tl.constexpr(MIN_FP32_BIAS)
 
+#: values of the MASK_KIND flag
 MASK_NONE = 0
 MASK_BOOL = 1
 MASK_ADDITIVE = 2
@@ -61,6 +72,60 @@ def store_tile(ptrs, value, rows, cols, num_rows, num_cols, CHECK_ROWS: tl.const
         tl.store(ptrs, value, mask=cols < num_cols)
     else:
         tl.store(ptrs, value)
+
+
+@triton.jit
+def block_ptrs(matrix, rows, cols):
+    """Pointers to the tile ``matrix[rows, cols]`` (``[len(rows), len(cols)]``; ``rows`` and
+    ``cols`` 1-D), offsets formed in int64: a head's slice may lie past 2**31 elements, and so
+    may a stride times an index of a view whose inner dims are not innermost in memory."""
+    base, stride_row, stride_col, num_rows, num_cols = matrix
+    return base + rows.to(tl.int64)[:, None] * stride_row + cols.to(tl.int64)[None, :] * stride_col
+
+
+@triton.jit
+def load_block(matrix, rows, cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """The tile ``matrix[rows, cols]`` (``rows``, ``cols`` 1-D), zeros where a checked index is
+    out of the matrix's bounds."""
+    base, stride_row, stride_col, num_rows, num_cols = matrix
+    ptrs = block_ptrs(matrix, rows, cols)
+    return load_tile(ptrs, rows[:, None], cols[None, :], num_rows, num_cols, CHECK_ROWS, CHECK_COLS)
+
+
+@triton.jit
+def load_block_transposed(matrix, rows, cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """The transposed tile ``matrix[rows, cols]^T`` (``[len(cols), len(rows)]``), read in that
+    orientation directly (K^T for ``q @ k^T``, Q^T in the dK/dV kernel)."""
+    base, stride_row, stride_col, num_rows, num_cols = matrix
+    ptrs = base + rows.to(tl.int64)[None, :] * stride_row + cols.to(tl.int64)[:, None] * stride_col
+    return load_tile(ptrs, cols[:, None], rows[None, :], num_cols, num_rows, CHECK_COLS, CHECK_ROWS)
+
+
+@triton.jit
+def store_block(matrix, value, rows, cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """Write ``value`` to the tile ``matrix[rows, cols]`` in the matrix's dtype, nothing out of
+    bounds."""
+    base, stride_row, stride_col, num_rows, num_cols = matrix
+    ptrs = block_ptrs(matrix, rows, cols)
+    store_tile(ptrs, value, rows[:, None], cols[None, :], num_rows, num_cols, CHECK_ROWS, CHECK_COLS)
+
+
+@triton.jit
+def accumulator(ROWS: tl.constexpr, COLS: tl.constexpr, USE_FP64: tl.constexpr):
+    """A zero ``[ROWS, COLS]`` accumulator: fp32, fp64 for fp64 inputs."""
+    if USE_FP64:
+        return tl.zeros([ROWS, COLS], dtype=tl.float64)
+    else:
+        return tl.zeros([ROWS, COLS], dtype=tl.float32)
+
+
+@triton.jit
+def load_seed(seed_ptr, HAS_DROPOUT: tl.constexpr):
+    """The Philox seed of a call with dropout (0, and no load, without)."""
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+    return seed
 
 
 @triton.jit
@@ -109,6 +174,12 @@ def scaled_scores(a, b, qk_scale, qk_scale_lo, USE_FP64: tl.constexpr, DOT_PRECI
 
 
 @triton.jit
+def load_key_range(kv_range_ptr, off_b):
+    """The first and one-past-the-last unpadded key of batch element ``off_b`` (int32 [B, 2])."""
+    return tl.load(kv_range_ptr + off_b * 2), tl.load(kv_range_ptr + off_b * 2 + 1)
+
+
+@triton.jit
 def key_block_range(
     start_m,
     off_b,
@@ -131,8 +202,7 @@ def key_block_range(
         hi = tl.minimum(seqlen_k, tl.maximum(start_m + BLOCK_M + causal_offset, 0))
         full_end = tl.minimum(seqlen_k, tl.maximum(start_m + causal_offset + 1, 0))
     if HAS_PADDING:
-        kv_start = tl.load(kv_range_ptr + off_b * 2)
-        kv_end = tl.load(kv_range_ptr + off_b * 2 + 1)
+        kv_start, kv_end = load_key_range(kv_range_ptr, off_b)
         lo = (kv_start // BLOCK_N) * BLOCK_N
         hi = tl.minimum(hi, kv_end)
     full_end = tl.maximum(lo, (tl.minimum(full_end, hi) // BLOCK_N) * BLOCK_N)
@@ -140,18 +210,58 @@ def key_block_range(
 
 
 @triton.jit
+def query_block_range(
+    start_n,
+    off_b,
+    kv_range_ptr,
+    seqlen_q,
+    causal_offset,
+    IS_CAUSAL: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The twin of ``key_block_range`` for the dK/dV kernel: the query blocks a key block
+    [start_n, start_n + BLOCK_N) receives gradient from, as three ranges of query rows:
+
+    - [lo, checked_end): blocks on the causal diagonal, tested element by element;
+    - [full_start, full_end): whole blocks that see every key of the block and lie inside the
+      queries, with no causal or bound test;
+    - [ragged_start, hi): the last, partial query block (empty when Nq divides BLOCK_M).
+
+    A key block that key padding empties entirely receives nothing: every range is empty."""
+    lo = 0
+    diagonal_end = 0
+    hi = seqlen_q
+    if IS_CAUSAL:
+        # query i sees key j iff i >= j - causal_offset
+        first_row = tl.minimum(tl.maximum(start_n - causal_offset, 0), seqlen_q)
+        lo = (first_row // BLOCK_M) * BLOCK_M
+        last_row = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - causal_offset, 0), seqlen_q)
+        diagonal_end = ((last_row + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+    if HAS_PADDING:
+        kv_start, kv_end = load_key_range(kv_range_ptr, off_b)
+        hi = tl.where((start_n < kv_end) & (start_n + BLOCK_N > kv_start), hi, 0)
+    whole_end = (seqlen_q // BLOCK_M) * BLOCK_M
+    diagonal_end = tl.minimum(diagonal_end, whole_end)
+    lo = tl.minimum(lo, hi)
+    full_start = tl.maximum(diagonal_end, lo)
+    return (
+        lo,
+        tl.minimum(diagonal_end, hi),
+        full_start,
+        tl.minimum(whole_end, hi),
+        tl.maximum(full_start, whole_end),
+        hi,
+    )
+
+
+@triton.jit
 def apply_masks(
     s,
     rows,
     cols,
-    mask_base,
-    stride_mask_q,
-    stride_mask_k,
-    pad_base,
-    stride_pad_k,
-    seqlen_q,
-    seqlen_k,
-    causal_offset,
+    scoring,
     CHECK_ROWS: tl.constexpr,
     CHECK_COLS: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
@@ -162,12 +272,25 @@ def apply_masks(
     """Set every score a query may not attend to to -inf, and add an additive mask.
 
     s          scores in the exponent domain, shape of ``rows`` broadcast with ``cols``
-    mask_base  attn_mask of this (batch, head), read at ``rows * stride_mask_q + cols * stride_mask_k``
-               (uint8, nonzero = attend, or any float dtype, added to the scores)
-    pad_base   key_padding_mask of this batch as uint8, nonzero = padding, read at ``cols * stride_pad_k``
+    scoring    the scoring tuple (module docstring): the attn_mask of this (batch, head) is read at
+               ``rows * stride_mask_q + cols * stride_mask_k`` (uint8, nonzero = attend, or any
+               float dtype, added to the scores), the key_padding_mask of this batch as uint8,
+               nonzero = padding, at ``cols * stride_pad_k``
     CHECK_ROWS / CHECK_COLS: the tile may reach past seqlen_q / seqlen_k; memory there is not read
     IS_CAUSAL: key j is visible to query i iff j <= i + causal_offset
     """
+    (
+        qk_scale,
+        qk_scale_lo,
+        causal_offset,
+        seqlen_q,
+        seqlen_k,
+        mask_base,
+        stride_mask_q,
+        stride_mask_k,
+        pad_base,
+        stride_pad_k,
+    ) = scoring
     if MASK_KIND != 0:
         mask_ptrs = mask_base + rows.to(tl.int64) * stride_mask_q + cols.to(tl.int64) * stride_mask_k
         # Out-of-bounds elements load as 0 (bool: do not attend; float: add nothing); both are
@@ -199,12 +322,35 @@ def apply_masks(
 
 
 @triton.jit
+def score_tile(
+    a,
+    b,
+    rows,
+    cols,
+    scoring,
+    CHECK_ROWS: tl.constexpr,
+    CHECK_COLS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    USE_FP64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """The masked scores ``a @ b`` of the tile ``rows`` x ``cols`` in the exponent domain: the
+    one definition of a score every kernel uses. ``a @ b`` is ``q @ k^T`` (``[BLOCK_M, BLOCK_N]``)
+    or ``k @ q^T`` (the transposed tile of the dK/dV kernel, with ``rows``/``cols`` transposed)."""
+    qk_scale, qk_scale_lo = scoring[0], scoring[1]
+    s = scaled_scores(a, b, qk_scale, qk_scale_lo, USE_FP64, DOT_PRECISION)
+    return apply_masks(s, rows, cols, scoring, CHECK_ROWS, CHECK_COLS, IS_CAUSAL, MASK_KIND, HAS_PADDING, USE_FP64)
+
+
+@triton.jit
 def load_row_stats(stats_base, offs, seqlen, CHECK: tl.constexpr):
     """Load the forward's per-row softmax statistics for rows ``offs`` (1-D) of one (batch, head).
 
-    ``stats_base`` points at row 0 of a ``[Nq, 2]`` contiguous block of the saved statistics
-    (``lse[b, h]``, see ``attnlens.kernels.forward.attention_forward``): ``[:, 0]`` = m, the row
-    max of the scores, ``[:, 1]`` = log(l), the log of the row sum of exp(s - m), both in the
+    ``stats_base`` points at row 0 of a ``[Nq, 2]`` contiguous block of the saved row statistics
+    (``row_stats[b, h]``, see ``attnlens.kernels.forward.launch_forward``): ``[:, 0]`` = m, the
+    row max of the scores, ``[:, 1]`` = log(l), the log of the row sum of exp(s - m), both in the
     exponent domain. Returns ``(row_max, log_sum)`` ready for ``probabilities``: a row with
     nothing to attend to (m = -inf) and a row past ``seqlen`` (when CHECK) get m = +inf, which
     makes every recomputed probability of the row exp(-inf) = 0.
@@ -246,23 +392,11 @@ def dropout_keep(seed, rng_stream, rows, cols, dropout_p):
 
 
 @triton.jit
-def _dropout_mask_kernel(
-    keep_ptr, seed_ptr, seqlen_q, seqlen_k, num_heads, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
-):
-    """Write the keep pattern the attention kernels use, for testing.
-
-    keep_ptr  uint8 [B, H, seqlen_q, seqlen_k], contiguous
-    seed_ptr  int64 [1]
-    grid: (B * H, cdiv(seqlen_q, BLOCK_M), cdiv(seqlen_k, BLOCK_N)); B * H on axis 0, whose limit
-    is 2**31 - 1 (axes 1 and 2 stop at 65535)
-    """
-    bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    seed = tl.load(seed_ptr)
-    keep = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], dropout_p)
-    base = keep_ptr + bh.to(tl.int64) * seqlen_q * seqlen_k
-    ptrs = base + offs_m.to(tl.int64)[:, None] * seqlen_k + offs_n[None, :]
-    tl.store(ptrs, keep.to(tl.uint8), mask=(offs_m[:, None] < seqlen_q) & (offs_n[None, :] < seqlen_k))
+def apply_dropout(p, rows, cols, dropout, HAS_DROPOUT: tl.constexpr):
+    """``p`` after dropout: kept values scaled by 1 / (1 - p), dropped ones 0 (``dropout`` is the
+    dropout tuple of the module docstring; nothing happens without HAS_DROPOUT)."""
+    if HAS_DROPOUT:
+        seed, rng_stream, dropout_p, keep_scale = dropout
+        keep = dropout_keep(seed, rng_stream, rows, cols, dropout_p)
+        p = tl.where(keep, p * keep_scale, 0.0)
+    return p

@@ -24,7 +24,7 @@ import torch
 
 import attnlens
 from attnlens import _ops
-from attnlens.kernels import dropout_keep_mask, override_config
+from attnlens.kernels import launch_dropout_mask, override_config
 from attnlens.reference import scaled_dot_product_attention as reference_sdpa
 from helpers import (
     DEVICE,
@@ -54,13 +54,13 @@ def rng_state():
 def fused_backward_calls():
     """Count the calls of the fused backward launcher made inside the block."""
     calls = []
-    real = _ops.attention_backward
+    real = _ops.launch_backward
 
     def spy(*args, **kwargs):
         calls.append(args[0].dtype)
         return real(*args, **kwargs)
 
-    with mock.patch.object(_ops, "attention_backward", spy):
+    with mock.patch.object(_ops, "launch_backward", spy):
         yield calls
 
 
@@ -514,7 +514,7 @@ def test_deterministic():
 
 @pytest.mark.parametrize("dropout_p", [0.1, 0.5])
 def test_kept_fraction(dropout_p):
-    keep = dropout_keep_mask(torch.tensor([20240601], dtype=torch.int64, device=DEVICE), 1, 2, 256, 512, dropout_p)
+    keep = launch_dropout_mask(torch.tensor([20240601], dtype=torch.int64, device=DEVICE), 1, 2, 256, 512, dropout_p)
     fraction = keep.double().mean().item()
     assert abs(fraction - (1 - dropout_p)) <= 0.01 * (1 - dropout_p), fraction
     # not one pattern repeated: heads, rows and columns differ

@@ -14,8 +14,8 @@ import torch
 
 import attnlens
 from attnlens._inputs import prepare
-from attnlens._ops import attention_op
-from attnlens.kernels import AttentionProblem, attention_weights, lse_to_natural, override_config
+from attnlens._ops import sdpa_forward_op
+from attnlens.kernels import AttentionProblem, launch_weights, override_config, row_stats_to_lse
 from helpers import DEVICE, assert_equal, assert_rule, make_qkv, poisoned_like, reference
 
 DTYPES = [torch.float16, torch.float32, torch.float64]
@@ -24,7 +24,7 @@ DTYPES = [torch.float16, torch.float32, torch.float64]
 def run_kernels(q, k, v, **kwargs):
     """(out, lse natural, per-head weights, mean weights) from the kernels, for prepared args."""
     p = prepare(q, k, v, return_weights=True, **kwargs)
-    out, lse, weights = attention_op(
+    out, row_stats, weights = sdpa_forward_op(
         p.query,
         p.key,
         p.value,
@@ -45,8 +45,8 @@ def run_kernels(q, k, v, **kwargs):
         attn_mask=p.attn_mask,
         key_padding_mask=p.key_padding_mask,
     )
-    mean = attention_weights(p.query, p.key, lse, problem, mean=True)
-    return out, lse_to_natural(lse), weights, mean
+    mean = launch_weights(p.query, p.key, row_stats, problem, mean=True)
+    return out, row_stats_to_lse(row_stats), weights, mean
 
 
 def check(q, k, v, lse_rows=slice(None), **kwargs):
@@ -467,7 +467,7 @@ class TestTensorDescriptorPath:
         assert [used for name, used in launches if name == "forward"] == [True] * 3
 
     def test_ineligible_inputs_take_the_pointer_path(self, launches):
-        from attnlens.kernels.forward import tma_eligible
+        from attnlens.kernels.launch import tma_eligible
 
         q, k, v = make_qkv(1, 2, 33, 33, 59, torch.float16)  # rows of 118 bytes: not 16-byte aligned
         q32, k32, v32 = make_qkv(1, 2, 33, 33, 64, torch.float32)  # not a 16-bit dtype

@@ -154,7 +154,7 @@ def test_descriptor_forward(dtype, seqlen_q, seqlen_k, head_dim):
     GQA, bottom-right causal and padding. Below compute capability 9 the call takes the pointer
     path, and this checks only the fallback."""
     from attnlens.kernels import override_config
-    from attnlens.kernels.forward import tma_eligible
+    from attnlens.kernels.launch import tma_eligible
 
     q, k, v = make_qkv(2, 4, seqlen_q, seqlen_k, head_dim, dtype, heads_kv=2)
     pad = torch.zeros(2, seqlen_k, dtype=torch.bool, device=q.device)

@@ -167,7 +167,7 @@ def test_dropout_mask_runs_batch_times_heads_on_the_unlimited_grid_axis(monkeypa
     """``attnlens.dropout_mask`` launches one program per (batch, head) and tile. batch * heads
     passes 65535 far sooner than batch or heads alone (4096 x 16 does), so it runs on grid axis 0,
     whose limit is 2**31 - 1; the other axes hold the tiles."""
-    from attnlens.kernels import forward
+    from attnlens.kernels import dropout
 
     grids = []
 
@@ -176,7 +176,7 @@ def test_dropout_mask_runs_batch_times_heads_on_the_unlimited_grid_axis(monkeypa
             grids.append(grid)
             return lambda *args, **kwargs: None
 
-    monkeypatch.setattr(forward, "launchable", lambda kernel: Recorder())
+    monkeypatch.setattr(dropout, "launchable", lambda kernel: Recorder())
     seed = torch.zeros(1, dtype=torch.int64)
-    forward.dropout_keep_mask(seed, 4096, 16, 65, 130, 0.5)
+    dropout.launch_dropout_mask(seed, 4096, 16, 65, 130, 0.5)
     assert grids == [(4096 * 16, 2, 3)]
