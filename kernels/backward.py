@@ -45,11 +45,14 @@ from attnlens.kernels.launch import (
     fast_helper_calls,
     kernel_args,
     launchable,
+    split_float,
 )
 from attnlens.kernels.tiles import (
+    LOG2E,
     accumulator,
     apply_dropout,
     dropout_keep,
+    head_scoring,
     key_block_range,
     load_block,
     load_block_transposed,
@@ -125,12 +128,16 @@ def _bwd_preprocess_kernel(
     pad_ptr,
     kv_range_ptr,
     seed_ptr,
+    alibi_ptr,
+    sinks_ptr,
     stride_mask_batch,
     stride_mask_head,
     stride_mask_q,
     stride_mask_k,
     stride_pad_batch,
     stride_pad_k,
+    stride_alibi_batch,
+    stride_alibi_head,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -138,8 +145,12 @@ def _bwd_preprocess_kernel(
     head_dim,
     head_dim_v,
     causal_offset,
+    window_left,
+    window_right,
     qk_scale,
     qk_scale_lo,
+    softcap_scale,
+    softcap_scale_lo,
     dropout_p,
     keep_scale,
     HAS_DW: tl.constexpr,
@@ -147,6 +158,10 @@ def _bwd_preprocess_kernel(
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -219,29 +234,23 @@ def _bwd_preprocess_kernel(
         row_max, log_sum = load_row_stats(
             row_stats_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m, seqlen_q, not EVEN_M
         )
-        scoring = (
-            qk_scale,
-            qk_scale_lo,
-            causal_offset,
-            seqlen_q,
-            seqlen_k,
-            mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head,
-            stride_mask_q,
-            stride_mask_k,
-            pad_ptr + b64 * stride_pad_batch,
-            stride_pad_k,
-        )
+        geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+        scales = (qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo)
+        mask_args = (mask_ptr, stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k)
+        padding_args = (pad_ptr, stride_pad_batch, stride_pad_k)
+        alibi_args = (alibi_ptr, stride_alibi_batch, stride_alibi_head)
+        scoring = head_scoring(scales, geometry, mask_args, padding_args, alibi_args, b64, h64, HAS_ALIBI, USE_FP64)
         dropout = (load_seed(seed_ptr, HAS_DROPOUT), off_b * num_heads_q + off_h, dropout_p, keep_scale)
         # One checked loop (no unmasked stage): this pass streams dW, an N x N tensor, and is
         # bound by memory, not by the mask tests.
-        lo, _, hi = key_block_range(
-            start_m, off_b, kv_range_ptr, seqlen_k, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+        lo, _full_start, _full_end, hi = key_block_range(
+            start_m, off_b, kv_range_ptr, geometry, IS_CAUSAL, HAS_PADDING, HAS_WINDOW, BLOCK_M, BLOCK_N
         )
         dw_scale = _dw_scale(num_heads_q, DW_MEAN, USE_FP64)
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k_t = load_block_transposed(k_matrix, offs_n, offs_d, not EVEN_N, not EVEN_DQK)
-            s = score_tile(
+            s, _ = score_tile(
                 q,
                 k_t,
                 offs_m[:, None],
@@ -252,6 +261,9 @@ def _bwd_preprocess_kernel(
                 IS_CAUSAL,
                 MASK_KIND,
                 HAS_PADDING,
+                HAS_SOFTCAP,
+                HAS_ALIBI,
+                HAS_WINDOW,
                 USE_FP64,
                 DOT_PRECISION,
             )
@@ -296,6 +308,9 @@ def _dkdv_query_loop(
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_DQK: tl.constexpr,
@@ -306,15 +321,16 @@ def _dkdv_query_loop(
 ):
     """Accumulate dK, dV of one key block over query blocks [lo, hi), in the transposed
     orientation: tiles are [BLOCK_N keys, BLOCK_M queries]. BOUNDARY=False blocks are wholly
-    inside the queries and wholly visible to every key of the block (no causal or bound test)."""
-    seqlen_q = scoring[3]
+    inside the queries and wholly visible to every key of the block (no causal, window or bound
+    test)."""
+    seqlen_q = scoring[1][0]
     seed, rng_stream, dropout_p, keep_scale = dropout
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q_t = load_block_transposed(q_matrix, offs_m, offs_d, BOUNDARY, not EVEN_DQK)
         row_max, log_sum = load_row_stats(stats_base, offs_m, seqlen_q, BOUNDARY)
         delta = _load_rows(delta_base + offs_m, offs_m, seqlen_q, BOUNDARY)
-        s_t = score_tile(
+        s_t, softcap_slope_t = score_tile(
             k,
             q_t,
             offs_m[None, :],
@@ -325,6 +341,9 @@ def _dkdv_query_loop(
             BOUNDARY and IS_CAUSAL,
             MASK_KIND,
             HAS_PADDING,
+            HAS_SOFTCAP,
+            HAS_ALIBI,
+            BOUNDARY and HAS_WINDOW,
             USE_FP64,
             DOT_PRECISION,
         )
@@ -343,6 +362,8 @@ def _dkdv_query_loop(
         if HAS_DROPOUT:
             dp_t = tl.where(keep_t, dp_t * keep_scale, 0.0)
         ds_t = p_t * (dp_t - delta[None, :])
+        if HAS_SOFTCAP:
+            ds_t = ds_t * softcap_slope_t  # through the tanh, to the uncapped scores
         dk += matmul(ds_t.to(q_t.dtype), tl.trans(q_t), USE_FP64, DOT_PRECISION)
     return dk, dv
 
@@ -390,12 +411,16 @@ def _bwd_dkdv_kernel(
     pad_ptr,
     kv_range_ptr,
     seed_ptr,
+    alibi_ptr,
+    sinks_ptr,
     stride_mask_batch,
     stride_mask_head,
     stride_mask_q,
     stride_mask_k,
     stride_pad_batch,
     stride_pad_k,
+    stride_alibi_batch,
+    stride_alibi_head,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -403,16 +428,25 @@ def _bwd_dkdv_kernel(
     head_dim,
     head_dim_v,
     causal_offset,
+    window_left,
+    window_right,
     qk_scale,
     qk_scale_lo,
+    softcap_scale,
+    softcap_scale_lo,
     dropout_p,
     keep_scale,
     sm_scale,
+    sm_scale_lo,
     HAS_DW: tl.constexpr,
     DW_MEAN: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -452,16 +486,21 @@ def _bwd_dkdv_kernel(
     dk = accumulator(BLOCK_N, BLOCK_DQK, USE_FP64)
     dv = accumulator(BLOCK_N, BLOCK_DV, USE_FP64)
 
-    # The query rows that send this key block gradient, in three ranges: the causal diagonal
-    # (checked), whole blocks that see every key of the block (unchecked), the ragged last block.
-    lo, diagonal_end, full_start, full_end, ragged_start, hi = query_block_range(
-        start_n, off_b, kv_range_ptr, seqlen_q, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+    geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+    scales = (qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo)
+    mask_args = (mask_ptr, stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k)
+    padding_args = (pad_ptr, stride_pad_batch, stride_pad_k)
+    alibi_args = (alibi_ptr, stride_alibi_batch, stride_alibi_head)
+    # The query rows that send this key block gradient, in three ranges: the causal diagonal or the
+    # window's right edge (checked), whole blocks that see every key of the block (unchecked), and
+    # the window's left edge and the ragged last block (checked).
+    lo, diagonal_end, full_start, full_end, tail_start, hi = query_block_range(
+        start_n, off_b, kv_range_ptr, geometry, IS_CAUSAL, HAS_PADDING, HAS_WINDOW, BLOCK_M, BLOCK_N
     )
-    stages = ((lo, diagonal_end), (full_start, full_end), (ragged_start, hi))
+    stages = ((lo, diagonal_end), (full_start, full_end), (tail_start, hi))
 
     seed = load_seed(seed_ptr, HAS_DROPOUT)
     dw_scale = _dw_scale(num_heads_q, DW_MEAN, USE_FP64)
-    pad_base = pad_ptr + b64 * stride_pad_batch
     for off_h in range(off_hkv * kv_group_size, (off_hkv + 1) * kv_group_size):
         h64 = tl.cast(off_h, tl.int64)
         q_matrix = (q_ptr + b64 * stride_q_batch + h64 * stride_q_head, stride_q_seq, stride_q_dim, seqlen_q, head_dim)
@@ -481,21 +520,11 @@ def _bwd_dkdv_kernel(
         )
         stats_base = row_stats_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2
         delta_base = delta_ptr + (b64 * num_heads_q + h64) * seqlen_q
-        scoring = (
-            qk_scale,
-            qk_scale_lo,
-            causal_offset,
-            seqlen_q,
-            seqlen_k,
-            mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head,
-            stride_mask_q,
-            stride_mask_k,
-            pad_base,
-            stride_pad_k,
-        )
+        scoring = head_scoring(scales, geometry, mask_args, padding_args, alibi_args, b64, h64, HAS_ALIBI, USE_FP64)
         dropout = (seed, off_b * num_heads_q + off_h, dropout_p, keep_scale)
         for stage in tl.static_range(3):
-            if stage != 2 or not EVEN_M:  # the ragged stage exists only when Nq % BLOCK_M != 0
+            # the last stage exists only with a window or when Nq % BLOCK_M != 0
+            if stage != 2 or not EVEN_M or HAS_WINDOW:
                 start, end = stages[stage]
                 dk, dv = _dkdv_query_loop(
                     dk,
@@ -520,6 +549,9 @@ def _bwd_dkdv_kernel(
                     IS_CAUSAL,
                     MASK_KIND,
                     HAS_PADDING,
+                    HAS_SOFTCAP,
+                    HAS_ALIBI,
+                    HAS_WINDOW,
                     HAS_DROPOUT,
                     EVEN_N,
                     EVEN_DQK,
@@ -530,7 +562,7 @@ def _bwd_dkdv_kernel(
                 )
 
     if USE_FP64:
-        dk = dk * sm_scale + dk * qk_scale_lo
+        dk = dk * sm_scale + dk * sm_scale_lo
     else:
         dk = dk * sm_scale
     dk_matrix = (
@@ -580,6 +612,9 @@ def _dq_key_loop(
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -596,7 +631,7 @@ def _dq_key_loop(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = load_block(k_matrix, offs_n, offs_d, CHECK_N, not EVEN_DQK)
         v = load_block(v_matrix, offs_n, offs_dv, CHECK_N, not EVEN_DV)
-        s = score_tile(
+        s, softcap_slope = score_tile(
             q,
             tl.trans(k),
             offs_m[:, None],
@@ -607,6 +642,9 @@ def _dq_key_loop(
             BOUNDARY and IS_CAUSAL,
             MASK_KIND,
             HAS_PADDING,
+            HAS_SOFTCAP,
+            HAS_ALIBI,
+            BOUNDARY and HAS_WINDOW,
             USE_FP64,
             DOT_PRECISION,
         )
@@ -617,6 +655,8 @@ def _dq_key_loop(
             dp += dw.to(dp.dtype) * dw_scale
         dp = apply_dropout(dp, offs_m[:, None], offs_n[None, :], dropout, HAS_DROPOUT)
         ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * softcap_slope  # through the tanh, to the uncapped scores
         dq += matmul(ds.to(k.dtype), k, USE_FP64, DOT_PRECISION)
     return dq
 
@@ -659,12 +699,16 @@ def _bwd_dq_kernel(
     pad_ptr,
     kv_range_ptr,
     seed_ptr,
+    alibi_ptr,
+    sinks_ptr,
     stride_mask_batch,
     stride_mask_head,
     stride_mask_q,
     stride_mask_k,
     stride_pad_batch,
     stride_pad_k,
+    stride_alibi_batch,
+    stride_alibi_head,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -672,16 +716,25 @@ def _bwd_dq_kernel(
     head_dim,
     head_dim_v,
     causal_offset,
+    window_left,
+    window_right,
     qk_scale,
     qk_scale_lo,
+    softcap_scale,
+    softcap_scale_lo,
     dropout_p,
     keep_scale,
     sm_scale,
+    sm_scale_lo,
     HAS_DW: tl.constexpr,
     DW_MEAN: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -726,63 +779,61 @@ def _bwd_dq_kernel(
     k_matrix = (k_ptr + b64 * stride_k_batch + hkv64 * stride_k_head, stride_k_seq, stride_k_dim, seqlen_k, head_dim)
     v_matrix = (v_ptr + b64 * stride_v_batch + hkv64 * stride_v_head, stride_v_seq, stride_v_dim, seqlen_k, head_dim_v)
     dw_matrix = (dw_ptr + b64 * stride_dw_batch + h64 * stride_dw_head, stride_dw_q, stride_dw_k, seqlen_q, seqlen_k)
-    scoring = (
-        qk_scale,
-        qk_scale_lo,
-        causal_offset,
-        seqlen_q,
-        seqlen_k,
-        mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head,
-        stride_mask_q,
-        stride_mask_k,
-        pad_ptr + b64 * stride_pad_batch,
-        stride_pad_k,
-    )
+    geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+    scales = (qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo)
+    mask_args = (mask_ptr, stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k)
+    padding_args = (pad_ptr, stride_pad_batch, stride_pad_k)
+    alibi_args = (alibi_ptr, stride_alibi_batch, stride_alibi_head)
+    scoring = head_scoring(scales, geometry, mask_args, padding_args, alibi_args, b64, h64, HAS_ALIBI, USE_FP64)
     dropout = (load_seed(seed_ptr, HAS_DROPOUT), off_b * num_heads_q + off_h, dropout_p, keep_scale)
     dw_scale = _dw_scale(num_heads_q, DW_MEAN, USE_FP64)
     dq = accumulator(BLOCK_M, BLOCK_DQK, USE_FP64)
 
-    lo, full_end, hi = key_block_range(
-        start_m, off_b, kv_range_ptr, seqlen_k, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+    lo, full_start, full_end, hi = key_block_range(
+        start_m, off_b, kv_range_ptr, geometry, IS_CAUSAL, HAS_PADDING, HAS_WINDOW, BLOCK_M, BLOCK_N
     )
-    # the unmasked blocks [lo, full_end), then the boundary blocks [full_end, hi), as in the forward
-    stages = ((lo, full_end), (full_end, hi))
-    for stage in tl.static_range(2):
-        start, end = stages[stage]
-        dq = _dq_key_loop(
-            dq,
-            q,
-            do,
-            row_max,
-            log_sum,
-            delta,
-            k_matrix,
-            v_matrix,
-            dw_matrix,
-            scoring,
-            dropout,
-            dw_scale,
-            offs_m,
-            offs_d,
-            offs_dv,
-            start,
-            end,
-            stage == 1,
-            HAS_DW,
-            IS_CAUSAL,
-            MASK_KIND,
-            HAS_PADDING,
-            HAS_DROPOUT,
-            EVEN_M,
-            EVEN_N,
-            EVEN_DQK,
-            EVEN_DV,
-            USE_FP64,
-            DOT_PRECISION,
-            BLOCK_N,
-        )
+    # the unmasked blocks, then the boundary blocks, then the window's left edge, as in the forward
+    stages = ((full_start, full_end), (full_end, hi), (lo, full_start))
+    for stage in tl.static_range(3):
+        if stage != 2 or HAS_WINDOW:
+            start, end = stages[stage]
+            dq = _dq_key_loop(
+                dq,
+                q,
+                do,
+                row_max,
+                log_sum,
+                delta,
+                k_matrix,
+                v_matrix,
+                dw_matrix,
+                scoring,
+                dropout,
+                dw_scale,
+                offs_m,
+                offs_d,
+                offs_dv,
+                start,
+                end,
+                stage != 0,
+                HAS_DW,
+                IS_CAUSAL,
+                MASK_KIND,
+                HAS_PADDING,
+                HAS_SOFTCAP,
+                HAS_ALIBI,
+                HAS_WINDOW,
+                HAS_DROPOUT,
+                EVEN_M,
+                EVEN_N,
+                EVEN_DQK,
+                EVEN_DV,
+                USE_FP64,
+                DOT_PRECISION,
+                BLOCK_N,
+            )
     if USE_FP64:
-        dq = dq * sm_scale + dq * qk_scale_lo
+        dq = dq * sm_scale + dq * sm_scale_lo
     else:
         dq = dq * sm_scale
     dq_matrix = (
@@ -810,26 +861,33 @@ def launch_backward(
     problem: AttentionProblem,
     grad_weights: Optional[torch.Tensor] = None,
     weights_mean: bool = False,
+    grad_lse: Optional[torch.Tensor] = None,
     configs: Optional[dict] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of attention with respect to q, k and v.
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Gradients of attention with respect to q, k, v and the sinks.
 
     ``out`` and ``row_stats`` (``[B, Hq, Nq, 2]``) are the forward's results for the same
     arguments; ``grad_out`` is dL/dout (any strides). ``grad_weights`` is dL/dweights when the
     returned weights take part in the loss: ``[B, Hq, Nq, Nk]``, or ``[B, Nq, Nk]`` with
-    ``weights_mean=True``. ``configs`` maps kernel names ("backward_preprocess",
-    "backward_dkdv", "backward_dq") to ``KernelConfig``s. Returns ``(dq, dk, dv)`` laid out like
-    q, k and v, in their dtype. Deterministic.
+    ``weights_mean=True``. ``grad_lse`` (``[B, Hq, Nq]``) is dL/dlse when the loss uses the rows'
+    natural log-sum-exp (the sink's share is computed from it): since dlse/ds = P, it only
+    shifts delta. ``configs`` maps kernel names ("backward_preprocess", "backward_dkdv",
+    "backward_dq") to ``KernelConfig``s.
+
+    Returns ``(dq, dk, dv, dsinks)`` laid out like q, k and v, in their dtype; ``dsinks`` ``[Hq]``
+    (in the sinks' dtype) when the problem has sinks, else None. Deterministic.
     """
     batch, heads_q, seqlen_q, head_dim = q.shape
     heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
     dq = empty_like_query(q, tuple(q.shape))
     dk = empty_like_query(k, tuple(k.shape))
     dv = empty_like_query(v, tuple(v.shape))
+    sinks = problem.sinks
+    dsinks = None if sinks is None else torch.zeros_like(sinks)
     if dq.numel() == 0 and dk.numel() == 0:
-        return dq, dk, dv
-    if seqlen_k == 0 or seqlen_q == 0 or heads_q == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq, dk, dv, dsinks
+    if seqlen_q == 0 or heads_q == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
     check_grid(batch, heads_q)
     configs = configs or {}
     width = max(head_dim, head_dim_v)
@@ -840,9 +898,8 @@ def launch_backward(
     def config(name: str) -> KernelConfig:
         return configs.get(name) or get_config(name, q.device, q.dtype, width, INTERPRETED, heavy=heavy)
 
-    # Natural-units scale for dQ and dK. For fp64 its float32 head equals qk_scale and its
-    # remainder qk_scale_lo (the fp64 exponent domain is natural), which the kernels add back.
-    sm_scale = float(torch.tensor(problem.scale, dtype=torch.float32))
+    # Natural-units scale for dQ and dK, as a float32 head and the remainder the fp64 kernels add.
+    sm_scale, sm_scale_lo = split_float(problem.scale)
     if has_dw:
         dw = grad_weights
         dw_strides = (dw.stride(0), 0, dw.stride(1), dw.stride(2)) if weights_mean else dw.stride()
@@ -850,25 +907,34 @@ def launch_backward(
         dw, dw_strides = q, (0, 0, 0, 0)
     own_flags = dict(HAS_DW=has_dw, DW_MEAN=has_dw and weights_mean)
 
-    delta = torch.empty(row_stats.shape[:-1], dtype=row_stats.dtype, device=row_stats.device)
-    cfg = config("backward_preprocess")
-    with explain_resources("backward_preprocess", cfg, q.dtype, width):
-        launchable(_bwd_preprocess_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
-            out,
-            grad_out,
-            delta,
-            q,
-            k,
-            row_stats,
-            dw,
-            *out.stride(),
-            *grad_out.stride(),
-            *q.stride(),
-            *k.stride(),
-            *dw_strides,
-            *args.runtime,
-            **args.options(cfg, **own_flags),
-        )
+    # delta = rowsum(dO * O) (+ rowsum(W * dW)); 0 without keys, where every output row is 0
+    delta = torch.zeros(row_stats.shape[:-1], dtype=row_stats.dtype, device=row_stats.device)
+    if seqlen_k:
+        cfg = config("backward_preprocess")
+        with explain_resources("backward_preprocess", cfg, q.dtype, width):
+            launchable(_bwd_preprocess_kernel)[(triton.cdiv(seqlen_q, cfg.block_m), heads_q, batch)](
+                out,
+                grad_out,
+                delta,
+                q,
+                k,
+                row_stats,
+                dw,
+                *out.stride(),
+                *grad_out.stride(),
+                *q.stride(),
+                *k.stride(),
+                *dw_strides,
+                *args.runtime,
+                **args.options(cfg, **own_flags),
+            )
+    if grad_lse is not None:
+        delta -= grad_lse.to(delta.dtype)  # dS = P * (dP - delta + dlse)
+    if sinks is not None:
+        # the sink is a key of value 0: dS_sink = P_sink * (0 - delta)
+        dsinks = -(_sink_probabilities(sinks, row_stats) * delta).sum(dim=(0, 2)).to(sinks.dtype)
+    if seqlen_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
 
     cfg = config("backward_dkdv")
     with explain_resources("backward_dkdv", cfg, q.dtype, width):
@@ -891,6 +957,7 @@ def launch_backward(
             *dw_strides,
             *args.runtime,
             sm_scale,
+            sm_scale_lo,
             **args.options(cfg, **own_flags),
         )
 
@@ -913,9 +980,19 @@ def launch_backward(
             *dw_strides,
             *args.runtime,
             sm_scale,
+            sm_scale_lo,
             **args.options(cfg, **own_flags),
         )
-    return dq, dk, dv
+    return dq, dk, dv, dsinks
+
+
+def _sink_probabilities(sinks: torch.Tensor, row_stats: torch.Tensor) -> torch.Tensor:
+    """Each row's probability of its head's sink, ``[B, Hq, Nq]``: exp(sink - lse), in the row
+    statistics' exponent domain (base 2 below fp64) and dtype."""
+    sink = sinks.to(row_stats.dtype)[None, :, None]
+    if row_stats.dtype == torch.float64:
+        return torch.exp((sink - row_stats[..., 0]) - row_stats[..., 1])
+    return torch.exp2((sink * LOG2E - row_stats[..., 0]) - row_stats[..., 1])
 
 
 fast_helper_calls(globals())

@@ -42,9 +42,11 @@ from attnlens.kernels.launch import (
 )
 from attnlens.kernels.tiles import (
     LOG2E,
+    LOG2E_CONSTEXPR,
     accumulator,
     apply_dropout,
     exponential,
+    head_scoring,
     key_block_range,
     load_block,
     load_block_transposed,
@@ -93,6 +95,9 @@ def _fwd_key_loop(
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -104,7 +109,8 @@ def _fwd_key_loop(
     BLOCK_N: tl.constexpr,
 ):
     """Online softmax over key blocks [lo, hi). With BOUNDARY=False every block lies wholly
-    inside the keys and wholly below the causal diagonal, so no bound or causal test is made.
+    inside the keys and wholly inside the causal diagonal and the window, so no bound, causal or
+    window test is made.
     ``k_source``/``v_source`` are the K and V matrices of this (batch, head), or with USE_TMA their
     tensor descriptors (zeros outside the keys and head dims, as the checked loads give)."""
     CHECK_N: tl.constexpr = BOUNDARY and not EVEN_N
@@ -114,7 +120,7 @@ def _fwd_key_loop(
             k_t = tl.trans(k_source.load([start_n, 0]))
         else:
             k_t = load_block_transposed(k_source, offs_n, offs_d, CHECK_N, not EVEN_DQK)
-        s = score_tile(
+        s, _ = score_tile(
             q,
             k_t,
             offs_m[:, None],
@@ -125,6 +131,9 @@ def _fwd_key_loop(
             BOUNDARY and IS_CAUSAL,
             MASK_KIND,
             HAS_PADDING,
+            HAS_SOFTCAP,
+            HAS_ALIBI,
+            BOUNDARY and HAS_WINDOW,
             USE_FP64,
             DOT_PRECISION,
         )
@@ -171,12 +180,16 @@ def _attn_fwd_kernel(
     pad_ptr,
     kv_range_ptr,
     seed_ptr,
+    alibi_ptr,
+    sinks_ptr,
     stride_mask_batch,
     stride_mask_head,
     stride_mask_q,
     stride_mask_k,
     stride_pad_batch,
     stride_pad_k,
+    stride_alibi_batch,
+    stride_alibi_head,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -184,13 +197,21 @@ def _attn_fwd_kernel(
     head_dim,
     head_dim_v,
     causal_offset,
+    window_left,
+    window_right,
     qk_scale,
     qk_scale_lo,
+    softcap_scale,
+    softcap_scale_lo,
     dropout_p,
     keep_scale,
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
@@ -220,7 +241,13 @@ def _attn_fwd_kernel(
     pad_ptr        key_padding_mask [B, Nk] as uint8, nonzero = padding
     kv_range_ptr   int32 [B, 2]: first and one-past-last unpadded key
     seed_ptr       int64 [1], Philox seed for dropout
+    alibi_ptr      [B, Hq] ALiBi slopes (fp32; fp64 for fp64), any strides
+    sinks_ptr      [Hq] sink logits (fp32; fp64 for fp64), natural units
     grid: (cdiv(Nq, BLOCK_M), Hq, B)
+
+    HAS_SINKS: the row's softmax starts from the head's sink logit, a key of value 0, so the
+    sink is in the saved row statistics and every kernel that rebuilds probabilities from them
+    gets the probabilities over the real keys (summing to less than 1) without knowing of it.
     """
     pid_m = tl.program_id(0)
     off_h = tl.program_id(1)
@@ -234,8 +261,6 @@ def _attn_fwd_kernel(
     k_base = k_ptr + b64 * stride_k_batch + hkv64 * stride_k_head
     v_base = v_ptr + b64 * stride_v_batch + hkv64 * stride_v_head
     out_base = out_ptr + b64 * stride_out_batch + h64 * stride_out_head
-    mask_base = mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head
-    pad_base = pad_ptr + b64 * stride_pad_batch
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -259,61 +284,68 @@ def _attn_fwd_kernel(
         q_matrix = (q_base, stride_q_seq, stride_q_dim, seqlen_q, head_dim)
         q = load_block(q_matrix, offs_m, offs_d, not EVEN_M, not EVEN_DQK)
 
-    scoring = (
-        qk_scale,
-        qk_scale_lo,
-        causal_offset,
-        seqlen_q,
-        seqlen_k,
-        mask_base,
-        stride_mask_q,
-        stride_mask_k,
-        pad_base,
-        stride_pad_k,
-    )
+    geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+    scales = (qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo)
+    mask_args = (mask_ptr, stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k)
+    padding_args = (pad_ptr, stride_pad_batch, stride_pad_k)
+    alibi_args = (alibi_ptr, stride_alibi_batch, stride_alibi_head)
+    scoring = head_scoring(scales, geometry, mask_args, padding_args, alibi_args, b64, h64, HAS_ALIBI, USE_FP64)
     dropout = (load_seed(seed_ptr, HAS_DROPOUT), off_b * num_heads_q + off_h, dropout_p, keep_scale)
 
-    # Key blocks this query block can see: [lo, hi). Blocks in [lo, full_end) need no causal or
-    # bound test; the rest, up to hi, are tested element by element.
-    lo, full_end, hi = key_block_range(
-        start_m, off_b, kv_range_ptr, seqlen_k, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+    # Key blocks this query block can see: [lo, hi). Blocks in [full_start, full_end) need no
+    # causal, window or bound test; the others are tested element by element.
+    lo, full_start, full_end, hi = key_block_range(
+        start_m, off_b, kv_range_ptr, geometry, IS_CAUSAL, HAS_PADDING, HAS_WINDOW, BLOCK_M, BLOCK_N
     )
 
     acc = accumulator(BLOCK_M, BLOCK_DV, USE_FP64)
-    l_i = tl.zeros([BLOCK_M], dtype=acc.dtype)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=acc.dtype)
-    # the unmasked blocks [lo, full_end), then the boundary blocks [full_end, hi)
-    stages = ((lo, full_end), (full_end, hi))
-    for stage in tl.static_range(2):
-        start, end = stages[stage]
-        acc, l_i, m_i = _fwd_key_loop(
-            acc,
-            l_i,
-            m_i,
-            q,
-            k_source,
-            v_source,
-            scoring,
-            dropout,
-            offs_m,
-            offs_d,
-            offs_dv,
-            start,
-            end,
-            stage == 1,
-            IS_CAUSAL,
-            MASK_KIND,
-            HAS_PADDING,
-            HAS_DROPOUT,
-            EVEN_M,
-            EVEN_N,
-            EVEN_DQK,
-            EVEN_DV,
-            USE_FP64,
-            DOT_PRECISION,
-            USE_TMA,
-            BLOCK_N,
-        )
+    if HAS_SINKS:
+        # the sink: a key of score sink (exponent domain) and value 0 that every row attends to
+        sink = tl.load(sinks_ptr + off_h)
+        if not USE_FP64:
+            sink = sink * LOG2E_CONSTEXPR
+        m_i = tl.zeros([BLOCK_M], dtype=acc.dtype) + sink
+        l_i = tl.full([BLOCK_M], 1.0, dtype=acc.dtype)
+    else:
+        l_i = tl.zeros([BLOCK_M], dtype=acc.dtype)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=acc.dtype)
+    # the unmasked blocks [full_start, full_end), then the boundary blocks [full_end, hi), then
+    # (with a window) the blocks on the window's left edge [lo, full_start)
+    stages = ((full_start, full_end), (full_end, hi), (lo, full_start))
+    for stage in tl.static_range(3):
+        if stage != 2 or HAS_WINDOW:
+            start, end = stages[stage]
+            acc, l_i, m_i = _fwd_key_loop(
+                acc,
+                l_i,
+                m_i,
+                q,
+                k_source,
+                v_source,
+                scoring,
+                dropout,
+                offs_m,
+                offs_d,
+                offs_dv,
+                start,
+                end,
+                stage != 0,
+                IS_CAUSAL,
+                MASK_KIND,
+                HAS_PADDING,
+                HAS_SOFTCAP,
+                HAS_ALIBI,
+                HAS_WINDOW,
+                HAS_DROPOUT,
+                EVEN_M,
+                EVEN_N,
+                EVEN_DQK,
+                EVEN_DV,
+                USE_FP64,
+                DOT_PRECISION,
+                USE_TMA,
+                BLOCK_N,
+            )
 
     # A row with nothing to attend to has l = 0 and acc = 0: output 0, m = -inf and log(l) = 0.
     # m and log(l) are stored apart: in fp32, m + log(l) drops log(l) once |m| is large.
@@ -414,12 +446,16 @@ def _attn_weights_kernel(
     pad_ptr,
     kv_range_ptr,
     seed_ptr,
+    alibi_ptr,
+    sinks_ptr,
     stride_mask_batch,
     stride_mask_head,
     stride_mask_q,
     stride_mask_k,
     stride_pad_batch,
     stride_pad_k,
+    stride_alibi_batch,
+    stride_alibi_head,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -427,14 +463,22 @@ def _attn_weights_kernel(
     head_dim,
     head_dim_v,
     causal_offset,
+    window_left,
+    window_right,
     qk_scale,
     qk_scale_lo,
+    softcap_scale,
+    softcap_scale_lo,
     dropout_p,
     keep_scale,
     num_n_blocks,
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     HEAD_MEAN: tl.constexpr,
     EVEN_M: tl.constexpr,
@@ -458,11 +502,13 @@ def _attn_weights_kernel(
     q_ptr          [B, Hq, Nq, Dqk], k_ptr [B, Hkv, Nk, Dqk]   any strides
     row_stats_ptr  [B, Hq, Nq, 2] contiguous (row max, log row sum), as the forward wrote them
     w_ptr          [B, Hq, Nq, Nk] written (HEAD_MEAN: [B, Nq, Nk], stride_w_head unused), input dtype
-    mask_ptr, pad_ptr, kv_range_ptr, seed_ptr as in the forward kernel (head_dim_v, EVEN_DV and
-    BLOCK_DV are unused: the shared arguments of every kernel)
+    mask_ptr, pad_ptr, kv_range_ptr, seed_ptr, alibi_ptr as in the forward kernel (head_dim_v,
+    sinks_ptr, EVEN_DV and BLOCK_DV are unused: the shared arguments of every kernel)
     grid: (cdiv(Nq, BLOCK_M) * cdiv(Nk, BLOCK_N), 1 if HEAD_MEAN else Hq, B)
 
-    A tile that causal or padding ranges empty entirely is written as zeros without any loads.
+    A tile that causality, the window or key padding empties entirely is written as zeros
+    without any loads. With HAS_SINKS the row statistics include the sink, so the tile holds the
+    probabilities over the real keys.
     With HEAD_MEAN the program sums the probabilities of all Hq heads in registers, in head
     order (deterministic), and writes their mean once.
     """
@@ -486,14 +532,22 @@ def _attn_weights_kernel(
     active = start_m < seqlen_q
     if IS_CAUSAL:
         active = active & (start_n <= start_m + BLOCK_M - 1 + causal_offset)
+    if HAS_WINDOW:
+        # some (row, key) pair of the tile within [i + offset - left, i + offset + right]
+        active = active & (start_n <= start_m + BLOCK_M - 1 + causal_offset + window_right)
+        active = active & (start_n + BLOCK_N - 1 >= start_m + causal_offset - window_left)
     if HAS_PADDING:
         kv_start, kv_end = load_key_range(kv_range_ptr, off_b)
         active = active & (start_n < kv_end) & (start_n + BLOCK_N > kv_start)
     seed = load_seed(seed_ptr, HAS_DROPOUT)
 
+    geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+    scales = (qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo)
+    mask_args = (mask_ptr, stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k)
+    padding_args = (pad_ptr, stride_pad_batch, stride_pad_k)
+    alibi_args = (alibi_ptr, stride_alibi_batch, stride_alibi_head)
     total = accumulator(BLOCK_M, BLOCK_N, USE_FP64)
     if active:
-        pad_base = pad_ptr + b64 * stride_pad_batch
         for off_h in range(head_lo, head_hi):
             h64 = tl.cast(off_h, tl.int64)
             hkv64 = tl.cast(off_h // kv_group_size, tl.int64)
@@ -517,19 +571,8 @@ def _attn_weights_kernel(
             row_max, log_sum = load_row_stats(
                 row_stats_ptr + (b64 * num_heads_q + h64) * seqlen_q * 2, offs_m, seqlen_q, not EVEN_M
             )
-            scoring = (
-                qk_scale,
-                qk_scale_lo,
-                causal_offset,
-                seqlen_q,
-                seqlen_k,
-                mask_ptr + b64 * stride_mask_batch + h64 * stride_mask_head,
-                stride_mask_q,
-                stride_mask_k,
-                pad_base,
-                stride_pad_k,
-            )
-            s = score_tile(
+            scoring = head_scoring(scales, geometry, mask_args, padding_args, alibi_args, b64, h64, HAS_ALIBI, USE_FP64)
+            s, _ = score_tile(
                 q,
                 k_t,
                 offs_m[:, None],
@@ -540,6 +583,9 @@ def _attn_weights_kernel(
                 IS_CAUSAL,
                 MASK_KIND,
                 HAS_PADDING,
+                HAS_SOFTCAP,
+                HAS_ALIBI,
+                HAS_WINDOW,
                 USE_FP64,
                 DOT_PRECISION,
             )

@@ -162,6 +162,12 @@ class AttentionProblem:
     ``causal_offset``: key j is visible to query i iff ``j <= i + causal_offset`` (0 is torch's
     top-left alignment, ``Nk - Nq`` the bottom-right one). ``seed`` is an int64 tensor of one
     element on the inputs' device, required when ``dropout_p > 0``.
+
+    Score modifications: ``softcap`` (scores become ``softcap * tanh(scores / softcap)``),
+    ``window`` = ``(left, right)`` (key j visible to query i iff ``i + causal_offset - left <= j
+    <= i + causal_offset + right``; -1 is unbounded), ``alibi_slopes`` ``[B, Hq]`` (any strides;
+    the bias ``-slope * |i + causal_offset - j|``), ``sinks`` ``[Hq]`` (a logit per query head
+    that joins every row's softmax denominator).
     """
 
     scale: float
@@ -172,6 +178,10 @@ class AttentionProblem:
     dropout_p: float = 0.0
     seed: Optional[torch.Tensor] = None
     allow_tf32: bool = False
+    softcap: Optional[float] = None
+    window: Optional[Tuple[int, int]] = None
+    alibi_slopes: Optional[torch.Tensor] = None
+    sinks: Optional[torch.Tensor] = None
     kv_range: Optional[torch.Tensor] = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -194,11 +204,29 @@ def key_ranges(key_padding_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(any_kept[:, None], ranges, torch.zeros_like(ranges)).to(torch.int32).contiguous()
 
 
+def split_float(value: float) -> Tuple[float, float]:
+    """``value`` as a float32 head and the remainder: kernel float arguments are float32, and the
+    fp64 kernels add the two back (about 48 bits)."""
+    head = float(torch.tensor(value, dtype=torch.float32))
+    return head, value - head
+
+
 def scale_parts(scale: float, use_fp64: bool) -> Tuple[float, float]:
     """The softmax scale in the kernel's exponent domain, split into a float32 head and remainder."""
-    effective = scale if use_fp64 else scale * LOG2E
-    head = float(torch.tensor(effective, dtype=torch.float32))
-    return head, effective - head
+    return split_float(scale if use_fp64 else scale * LOG2E)
+
+
+def window_bounds(problem: "AttentionProblem", seqlen_q: int, seqlen_k: int) -> Tuple[int, int]:
+    """``(left, right)`` for the kernels: -1 (unbounded) becomes a bound no (query, key) pair
+    reaches, and with causal masking the right side is at most 0, so that the block ranges, which
+    take the tighter of the two edges, never skip a causal test the window does not make."""
+    reach = seqlen_q + seqlen_k + abs(problem.causal_offset) + 1
+    if problem.window is None:
+        return reach, reach
+    left, right = (reach if side < 0 else min(side, reach) for side in problem.window)
+    if problem.is_causal:
+        right = min(right, 0)
+    return left, right
 
 
 @dataclasses.dataclass
@@ -207,14 +235,16 @@ class KernelArgs:
 
     ``runtime`` is the positional tail in the kernels' shared parameter order::
 
-        mask_ptr, pad_ptr, kv_range_ptr, seed_ptr,
+        mask_ptr, pad_ptr, kv_range_ptr, seed_ptr, alibi_ptr, sinks_ptr,
         stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k,
-        stride_pad_batch, stride_pad_k,
+        stride_pad_batch, stride_pad_k, stride_alibi_batch, stride_alibi_head,
         num_heads_q, kv_group_size, seqlen_q, seqlen_k, head_dim, head_dim_v,
-        causal_offset, qk_scale, qk_scale_lo, dropout_p, keep_scale
+        causal_offset, window_left, window_right,
+        qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo, dropout_p, keep_scale
 
     (a tensor that a call does not have is replaced by the query, whose pointer the kernels never
-    read then). ``flags`` are the constexpr flags the call compiles with.
+    read then; ``window_bounds`` gives the window's two sides). ``flags`` are the constexpr flags
+    the call compiles with.
     """
 
     runtime: Tuple[Any, ...]
@@ -269,15 +299,28 @@ def kernel_args(problem: AttentionProblem, q: torch.Tensor, k: torch.Tensor, v: 
     else:
         seed, dropout_p, keep_scale = q, 0.0, 1.0
 
-    qk_scale, qk_scale_lo = scale_parts(problem.scale, use_fp64)
+    if problem.softcap is not None:
+        # tanh's argument is in natural units; the exponent domain's factor goes on the cap
+        qk_scale, qk_scale_lo = split_float(problem.scale / problem.softcap)
+        softcap_scale, softcap_scale_lo = scale_parts(problem.softcap, use_fp64)
+    else:
+        qk_scale, qk_scale_lo = scale_parts(problem.scale, use_fp64)
+        softcap_scale, softcap_scale_lo = 0.0, 0.0
+    alibi = problem.alibi_slopes
+    alibi, alibi_strides = (q, (0, 0)) if alibi is None else (alibi, alibi.stride())
+    sinks = q if problem.sinks is None else problem.sinks
+    window_left, window_right = window_bounds(problem, seqlen_q, seqlen_k)
     block_dqk, block_dv = head_dim_bucket(head_dim), head_dim_bucket(head_dim_v)
     runtime = (
         mask,
         pad,
         kv_range,
         seed,
+        alibi,
+        sinks,
         *mask_strides,
         *pad_strides,
+        *alibi_strides,
         heads_q,
         heads_q // max(heads_kv, 1),
         seqlen_q,
@@ -285,8 +328,12 @@ def kernel_args(problem: AttentionProblem, q: torch.Tensor, k: torch.Tensor, v: 
         head_dim,
         head_dim_v,
         problem.causal_offset,
+        window_left,
+        window_right,
         qk_scale,
         qk_scale_lo,
+        softcap_scale,
+        softcap_scale_lo,
         dropout_p,
         keep_scale,
     )
@@ -294,6 +341,10 @@ def kernel_args(problem: AttentionProblem, q: torch.Tensor, k: torch.Tensor, v: 
         IS_CAUSAL=problem.is_causal,
         MASK_KIND=mask_kind,
         HAS_PADDING=problem.key_padding_mask is not None,
+        HAS_SOFTCAP=problem.softcap is not None,
+        HAS_ALIBI=problem.alibi_slopes is not None,
+        HAS_WINDOW=problem.window is not None,
+        HAS_SINKS=problem.sinks is not None,
         HAS_DROPOUT=has_dropout,
         EVEN_DQK=head_dim == block_dqk,
         EVEN_DV=head_dim_v == block_dv,

@@ -97,9 +97,21 @@ _POINTER_TYPES = {
     "kv_range_ptr": "i32",
     "seed_ptr": "i64",
     "pad_ptr": "u8",
+    "alibi_ptr": "acc",
+    "sinks_ptr": "acc",
 }
 _UNIT_STRIDES = ("_dim", "stride_mask_k", "stride_pad_k", "stride_w_k", "stride_dw_k")
-_FLOAT_ARGS = ("qk_scale", "qk_scale_lo", "dropout_p", "keep_scale", "mean_scale")
+_FLOAT_ARGS = (
+    "qk_scale",
+    "qk_scale_lo",
+    "softcap_scale",
+    "softcap_scale_lo",
+    "dropout_p",
+    "keep_scale",
+    "mean_scale",
+    "sm_scale",
+    "sm_scale_lo",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,10 @@ from attnlens.kernels.tiles import LOG2E, MASK_ADDITIVE, MASK_BOOL, MASK_NONE
 
 # The kernels' shared parameters, in order (KernelArgs.runtime).
 RUNTIME = (
-    "mask_ptr pad_ptr kv_range_ptr seed_ptr stride_mask_batch stride_mask_head stride_mask_q stride_mask_k "
-    "stride_pad_batch stride_pad_k num_heads_q kv_group_size seqlen_q seqlen_k head_dim head_dim_v "
-    "causal_offset qk_scale qk_scale_lo dropout_p keep_scale"
+    "mask_ptr pad_ptr kv_range_ptr seed_ptr alibi_ptr sinks_ptr "
+    "stride_mask_batch stride_mask_head stride_mask_q stride_mask_k stride_pad_batch stride_pad_k "
+    "stride_alibi_batch stride_alibi_head num_heads_q kv_group_size seqlen_q seqlen_k head_dim head_dim_v "
+    "causal_offset window_left window_right qk_scale qk_scale_lo softcap_scale softcap_scale_lo dropout_p keep_scale"
 ).split()
 
 
@@ -55,6 +56,10 @@ def test_kernel_args_of_a_plain_call():
         IS_CAUSAL=False,
         MASK_KIND=MASK_NONE,
         HAS_PADDING=False,
+        HAS_SOFTCAP=False,
+        HAS_ALIBI=False,
+        HAS_WINDOW=False,
+        HAS_SINKS=False,
         HAS_DROPOUT=False,
         EVEN_DQK=False,
         EVEN_DV=False,
@@ -88,6 +93,27 @@ def test_kernel_args_of_masks_padding_dropout_and_fp64():
     assert additive.mask_kind == MASK_ADDITIVE
     with pytest.raises(ValueError, match="seed is required"):
         kernel_args(AttentionProblem(scale=1.0, dropout_p=0.5), q, k, v)
+
+
+def test_kernel_args_of_score_modifications():
+    """Soft-capping moves log2(e) from the scale (tanh takes natural units) onto the cap; an
+    unbounded window side becomes a bound no pair reaches; causal masking caps the right side at 0."""
+    q, k, v = _qkv()
+    slopes = torch.rand(4).expand(2, 4)
+    sinks = torch.randn(4)
+    problem = AttentionProblem(
+        scale=0.5, is_causal=True, softcap=30.0, window=(-1, 5), alibi_slopes=slopes, sinks=sinks
+    )
+    args = kernel_args(problem, q, k, v)
+    runtime = dict(zip(RUNTIME, args.runtime))
+    assert math.isclose(runtime["qk_scale"] + runtime["qk_scale_lo"], 0.5 / 30.0, rel_tol=1e-15)
+    assert math.isclose(runtime["softcap_scale"] + runtime["softcap_scale_lo"], 30.0 * LOG2E, rel_tol=1e-15)
+    assert runtime["window_left"] > 5 + 7 and runtime["window_right"] == 0
+    assert runtime["alibi_ptr"] is slopes and (runtime["stride_alibi_batch"], runtime["stride_alibi_head"]) == (0, 1)
+    assert runtime["sinks_ptr"] is sinks
+    assert all(args.flags[f] for f in ("HAS_SOFTCAP", "HAS_ALIBI", "HAS_WINDOW", "HAS_SINKS"))
+    plain = kernel_args(AttentionProblem(scale=1.0, window=(3, 2)), q, k, v)
+    assert dict(zip(RUNTIME, plain.runtime))["window_right"] == 2  # without causal masking, as given
 
 
 def test_options_add_the_block_shape_flags():

@@ -22,7 +22,10 @@ def _args(weights_mode: int, dropout_p: float = 0.0, causal: bool = True):
     pad[1, 17:] = True
     p = prepare(q, k, v, is_causal=causal, enable_gqa=True, key_padding_mask=pad)
     seed = torch.tensor([123], dtype=torch.int64, device=DEVICE) if dropout_p else None
-    return (p.query, p.key, p.value, None, p.key_padding_mask, seed, p.scale, dropout_p, causal, 0, weights_mode, False)
+    return (
+        p.query, p.key, p.value, None, p.key_padding_mask, seed, None, None, p.scale, dropout_p, None, None, causal, 0,
+        weights_mode, False,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", sorted(_MODE))

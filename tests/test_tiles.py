@@ -66,27 +66,30 @@ def _ranges_kernel(
     seqlen_q,
     seqlen_k,
     causal_offset,
+    window_left,
+    window_right,
     IS_CAUSAL: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Row ``pid`` of out: key_block_range for query block pid (3 values), then query_block_range
+    """Row ``pid`` of out: key_block_range for query block pid (4 values), then query_block_range
     for key block pid (6 values)."""
     pid = tl.program_id(0)
     off_b = tl.program_id(1)
-    lo, full_end, hi = tiles.key_block_range(
-        pid * BLOCK_M, off_b, kv_range_ptr, seqlen_k, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+    geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+    k_ranges = tiles.key_block_range(
+        pid * BLOCK_M, off_b, kv_range_ptr, geometry, IS_CAUSAL, HAS_PADDING, HAS_WINDOW, BLOCK_M, BLOCK_N
     )
     q_ranges = tiles.query_block_range(
-        pid * BLOCK_N, off_b, kv_range_ptr, seqlen_q, causal_offset, IS_CAUSAL, HAS_PADDING, BLOCK_M, BLOCK_N
+        pid * BLOCK_N, off_b, kv_range_ptr, geometry, IS_CAUSAL, HAS_PADDING, HAS_WINDOW, BLOCK_M, BLOCK_N
     )
-    base = out_ptr + (off_b * tl.num_programs(0) + pid) * 9
-    tl.store(base + 0, lo)
-    tl.store(base + 1, full_end)
-    tl.store(base + 2, hi)
+    base = out_ptr + (off_b * tl.num_programs(0) + pid) * 10
+    for i in tl.static_range(4):
+        tl.store(base + i, k_ranges[i])
     for i in tl.static_range(6):
-        tl.store(base + 3 + i, q_ranges[i])
+        tl.store(base + 4 + i, q_ranges[i])
 
 
 @triton.jit
@@ -99,20 +102,33 @@ def _masks_kernel(
     seqlen_q,
     seqlen_k,
     causal_offset,
+    window_left,
+    window_right,
+    alibi_slope,
     IS_CAUSAL: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_PADDING: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     M: tl.constexpr,
     N: tl.constexpr,
 ):
     rows = tl.arange(0, M)
     cols = tl.arange(0, N)
-    scoring = (1.0, 0.0, causal_offset, seqlen_q, seqlen_k, mask_ptr, stride_mask_q, stride_mask_k, pad_ptr, 1)
+    geometry = (seqlen_q, seqlen_k, causal_offset, window_left, window_right)
+    scoring = ((1.0, 0.0, 0.0, 0.0), geometry, (mask_ptr, stride_mask_q, stride_mask_k), (pad_ptr, 1), alibi_slope)
     s = tl.zeros([M, N], dtype=tl.float32)
     s = tiles.apply_masks(
-        s, rows[:, None], cols[None, :], scoring, True, True, IS_CAUSAL, MASK_KIND, HAS_PADDING, False
-    )
+        s, rows[:, None], cols[None, :], scoring, True, True, IS_CAUSAL, MASK_KIND, HAS_PADDING, HAS_ALIBI,
+        HAS_WINDOW, False,
+    )  # fmt: skip
     tl.store(out_ptr + rows[:, None] * N + cols[None, :], s)
+
+
+@triton.jit
+def _tanh_kernel(x_ptr, y_ptr, N: tl.constexpr, USE_FP64: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(y_ptr + offs, tiles.tanh(tl.load(x_ptr + offs), USE_FP64))
 
 
 fast_helper_calls(globals())
@@ -157,66 +173,82 @@ def test_store_block_writes_only_inside_the_matrix():
 # ---- block ranges ----------------------------------------------------------------------------
 
 
-def _visible(seqlen_q, seqlen_k, causal_offset, is_causal, keep):
-    """bool [Nq, Nk]: query i may see key j (causality and key padding), the rule the ranges follow."""
+def _visible(seqlen_q, seqlen_k, causal_offset, is_causal, keep, window=None):
+    """bool [Nq, Nk]: query i may see key j (causality, a window and key padding), the rule the
+    ranges follow."""
     rows = torch.arange(seqlen_q)[:, None]
     cols = torch.arange(seqlen_k)[None, :]
     visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool)
     if is_causal:
         visible &= cols <= rows + causal_offset
+    if window is not None:
+        left, right = window
+        visible &= (cols >= rows + causal_offset - left) & (cols <= rows + causal_offset + right)
     return visible & keep[None, :]
 
 
 CASES = [
-    # seqlen_q, seqlen_k, causal_offset, is_causal, padded key range (start, end) or None
-    (37, 53, 0, True, None),
-    (37, 53, 16, True, None),
-    (53, 37, -16, True, None),
-    (64, 64, 0, True, (5, 40)),
-    (40, 70, 30, False, (17, 33)),
-    (33, 33, 0, False, (0, 0)),
-    (16, 96, 80, True, (20, 96)),
+    # seqlen_q, seqlen_k, causal_offset, is_causal, padded key range (start, end) or None, window
+    (37, 53, 0, True, None, None),
+    (37, 53, 16, True, None, None),
+    (53, 37, -16, True, None, None),
+    (64, 64, 0, True, (5, 40), None),
+    (40, 70, 30, False, (17, 33), None),
+    (33, 33, 0, False, (0, 0), None),
+    (16, 96, 80, True, (20, 96), None),
+    (97, 97, 0, True, None, (20, 0)),
+    (97, 97, 0, False, None, (7, 40)),
+    (64, 130, 66, False, (3, 120), (33, 5)),
+    (70, 50, -20, True, None, (0, 0)),
+    (50, 50, 0, False, None, (0, 100)),
 ]
 
 
-@pytest.mark.parametrize("seqlen_q, seqlen_k, causal_offset, is_causal, kept", CASES)
+@pytest.mark.parametrize("seqlen_q, seqlen_k, causal_offset, is_causal, kept, window", CASES)
 def test_block_ranges_cover_every_visible_pair_and_check_every_boundary(
-    seqlen_q, seqlen_k, causal_offset, is_causal, kept
+    seqlen_q, seqlen_k, causal_offset, is_causal, kept, window
 ):
-    """For each query block, the key loops [lo, full_end) (unchecked) and [full_end, hi)
-    (checked) cover every visible key, and the unchecked part holds only whole blocks that every
-    query of the block sees. The same for each key block's query stages, including that a key
-    block padding empties gets no query rows at all."""
+    """For each query block, the key loops [lo, full_start) and [full_end, hi) (checked) and
+    [full_start, full_end) (unchecked) cover every visible key, and the unchecked part holds only
+    whole blocks that every query of the block sees. The same for each key block's query stages,
+    including that a key block padding empties gets no query rows at all. (The window's sides
+    arrive as ``launch.window_bounds`` gives them: at most 0 on the right with causal masking.)"""
     block_m, block_n = 16, 16
     keep = torch.ones(seqlen_k, dtype=torch.bool)
     padding = kept is not None
     if padding:
         keep[:] = False
         keep[kept[0] : kept[1]] = True
-    visible = _visible(seqlen_q, seqlen_k, causal_offset, is_causal, keep)
-    # the unchecked stages skip the causal and bound tests only: key padding is applied everywhere
-    unpadded = _visible(seqlen_q, seqlen_k, causal_offset, is_causal, torch.ones(seqlen_k, dtype=torch.bool))
+    visible = _visible(seqlen_q, seqlen_k, causal_offset, is_causal, keep, window)
+    # the unchecked stages skip the causal, window and bound tests only: key padding applies everywhere
+    no_padding = torch.ones(seqlen_k, dtype=torch.bool)
+    unpadded = _visible(seqlen_q, seqlen_k, causal_offset, is_causal, no_padding, window)
     kv_range = key_ranges((~keep)[None, :]).to(DEVICE)
     programs = max(triton.cdiv(seqlen_q, block_m), triton.cdiv(seqlen_k, block_n))
-    out = torch.zeros((1, programs, 9), dtype=torch.int32, device=DEVICE)
+    out = torch.zeros((1, programs, 10), dtype=torch.int32, device=DEVICE)
+    left, right = window or (0, 0)
     _ranges_kernel[(programs, 1)](
-        out, kv_range, seqlen_q, seqlen_k, causal_offset, IS_CAUSAL=is_causal, HAS_PADDING=padding,
-        BLOCK_M=block_m, BLOCK_N=block_n,
+        out, kv_range, seqlen_q, seqlen_k, causal_offset, left, right, IS_CAUSAL=is_causal, HAS_PADDING=padding,
+        HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=block_n,
     )  # fmt: skip
     out = out[0].cpu()
     for m in range(triton.cdiv(seqlen_q, block_m)):
-        lo, full_end, hi = (int(x) for x in out[m, :3])
+        lo, full_start, full_end, hi = (int(x) for x in out[m, :4])
         rows = slice(m * block_m, min((m + 1) * block_m, seqlen_q))
+        stages = [(lo, full_start), (full_start, full_end), (full_end, hi)]
+        covered = {j for a, b in stages for start in range(a, b, block_n) for j in range(start, start + block_n)}
         seen = visible[rows].any(dim=0).nonzero().flatten().tolist()
-        assert all(lo <= j < hi for j in seen), (m, lo, hi, seen)
-        assert lo % block_n == 0 and full_end % block_n == 0 and lo <= full_end <= max(hi, lo)
-        assert full_end == lo or unpadded[rows, lo:full_end].all()
+        assert set(seen) <= covered, (m, lo, full_start, full_end, hi, seen)
+        assert lo % block_n == 0 and full_start % block_n == 0 or full_start == hi
+        assert lo <= full_start <= full_end and full_end % block_n == 0 or full_end == full_start
+        assert full_end == full_start or unpadded[rows, full_start:full_end].all()
     for n in range(triton.cdiv(seqlen_k, block_n)):
-        lo, diag_end, full_start, full_end, ragged_start, hi = (int(x) for x in out[n, 3:])
+        lo, diag_end, full_start, full_end, tail_start, hi = (int(x) for x in out[n, 4:])
         cols = slice(n * block_n, min((n + 1) * block_n, seqlen_k))
-        covered = set(range(lo, diag_end)) | set(range(full_start, full_end)) | set(range(ragged_start, hi))
+        stages = [(lo, diag_end), (full_start, full_end), (tail_start, hi)]
+        covered = {i for a, b in stages for start in range(a, b, block_m) for i in range(start, start + block_m)}
         senders = visible[:, cols].any(dim=1).nonzero().flatten().tolist()
-        assert set(senders) <= covered, (n, senders, sorted(covered))
+        assert set(senders) <= covered, (n, senders, stages)
         whole = unpadded[full_start:full_end, cols]
         assert full_end <= full_start or (
             full_end <= seqlen_q and whole.all() and (full_end - full_start) % block_m == 0
@@ -224,7 +256,22 @@ def test_block_ranges_cover_every_visible_pair_and_check_every_boundary(
         if padding and not keep[cols].any():
             assert not covered  # a key block that padding empties receives no gradient
         # the three stages never overlap, so no query block is counted twice
-        assert diag_end <= full_start and (full_end <= ragged_start or ragged_start >= hi)
+        assert diag_end <= full_start and (full_end <= tail_start or tail_start >= hi)
+
+
+def test_tanh_is_accurate_in_fp32_and_fp64():
+    """Soft-capping's tanh (Triton has no portable one): a few ulps on both sides of the switch
+    from the series to the exponential form, and exactly +-1 far out."""
+    x64 = torch.cat(
+        [torch.linspace(-30, 30, 401, dtype=torch.float64), torch.logspace(-8, 1, 111, dtype=torch.float64)]
+    )
+    for dtype, tolerance in ((torch.float32, 4e-7), (torch.float64, 4e-14)):
+        x = x64.to(dtype)
+        y = torch.empty_like(x)
+        _tanh_kernel[(1,)](x.to(DEVICE), y, N=512, USE_FP64=dtype == torch.float64)
+        exact = torch.tanh(x.to(torch.float64))
+        relative = ((y.cpu().to(torch.float64) - exact).abs() / exact.abs().clamp_min(1e-300)).max()
+        assert relative <= tolerance, (dtype, float(relative))
 
 
 # ---- masks -----------------------------------------------------------------------------------
@@ -233,11 +280,15 @@ def test_block_ranges_cover_every_visible_pair_and_check_every_boundary(
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("mask_kind", [tiles.MASK_NONE, tiles.MASK_BOOL, tiles.MASK_ADDITIVE])
 @pytest.mark.parametrize("padding", [False, True])
-def test_apply_masks_matches_the_rule(is_causal, mask_kind, padding):
-    """Scores of 0 come out as the additive mask (times log2(e): the kernels' exponent domain) or
-    -inf wherever causality, the bool mask, key padding or the key bound forbids a key; the tile is
-    16 x 32 over 13 queries and 27 keys, so the bounds are checked too."""
+@pytest.mark.parametrize("extras", ["", "alibi", "window", "alibi+window"])
+def test_apply_masks_matches_the_rule(is_causal, mask_kind, padding, extras):
+    """Scores of 0 come out as the ALiBi bias plus the additive mask (times log2(e): the kernels'
+    exponent domain) or -inf wherever causality, the window, the bool mask, key padding or the key
+    bound forbids a key; the tile is 16 x 32 over 13 queries and 27 keys, so the bounds are
+    checked too."""
     seqlen_q, seqlen_k, offset = 13, 27, 3
+    window = (4, 6) if "window" in extras else None
+    slope = 0.375 if "alibi" in extras else 0.0
     generator = torch.Generator().manual_seed(1)
     if mask_kind == tiles.MASK_BOOL:
         mask = torch.rand(seqlen_q, seqlen_k, generator=generator) > 0.3
@@ -250,21 +301,26 @@ def test_apply_masks_matches_the_rule(is_causal, mask_kind, padding):
         mask_arg = torch.zeros(1, device=DEVICE)
     pad = torch.rand(seqlen_k, generator=generator) > 0.7
     out = torch.empty(16, 32, device=DEVICE)
+    left, right = window or (0, 0)
     _masks_kernel[(1,)](
-        out, mask_arg, pad.to(DEVICE).view(torch.uint8), seqlen_k, 1, seqlen_q, seqlen_k, offset,
-        IS_CAUSAL=is_causal, MASK_KIND=mask_kind, HAS_PADDING=padding, M=16, N=32,
+        out, mask_arg, pad.to(DEVICE).view(torch.uint8), seqlen_k, 1, seqlen_q, seqlen_k, offset, left, right, slope,
+        IS_CAUSAL=is_causal, MASK_KIND=mask_kind, HAS_PADDING=padding, HAS_ALIBI="alibi" in extras,
+        HAS_WINDOW=window is not None, M=16, N=32,
     )  # fmt: skip
-    expected = torch.zeros(16, 32)
+    rows, cols = torch.arange(16)[:, None], torch.arange(32)[None, :]
+    expected = -slope * (rows + offset - cols).abs().float()
     allowed = torch.zeros(16, 32, dtype=torch.bool)
     allowed[:, :seqlen_k] = True
     if is_causal:
-        allowed &= torch.arange(32)[None, :] <= torch.arange(16)[:, None] + offset
+        allowed &= cols <= rows + offset
+    if window is not None:
+        allowed &= (cols >= rows + offset - left) & (cols <= rows + offset + right)
     if padding:
         allowed[:, :seqlen_k] &= ~pad[None, :]
     if mask_kind == tiles.MASK_BOOL:
         allowed[:seqlen_q, :seqlen_k] &= mask
     if mask_kind == tiles.MASK_ADDITIVE:
-        expected[:seqlen_q, :seqlen_k] = mask * tiles.LOG2E
+        expected[:seqlen_q, :seqlen_k] += mask * tiles.LOG2E
     expected = torch.where(allowed, expected, torch.tensor(float("-inf")))
-    rows = slice(0, seqlen_q)  # rows past Nq are never stored by a kernel; only their bounds matter
-    assert torch.equal(out.cpu()[rows], expected[rows])
+    real = slice(0, seqlen_q)  # rows past Nq are never stored by a kernel; only their bounds matter
+    torch.testing.assert_close(out.cpu()[real], expected[real], rtol=1e-6, atol=1e-6)
