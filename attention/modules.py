@@ -208,6 +208,7 @@ class MultiHeadAttention(nn.MultiheadAttention):
             )
 
         batched = self._check_shapes(query, key, value, key_padding_mask, attn_mask)
+        self._check_batch_and_devices(query, key, value, key_padding_mask, attn_mask, batched)
         if not batched:  # one sequence: give it a batch dim of 1 and take it off at the end
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
@@ -307,6 +308,27 @@ class MultiHeadAttention(nn.MultiheadAttention):
                     f"([num_heads, Nq, Nk]), got {tuple(attn_mask.shape)}"
                 )
         return batched
+
+    def _check_batch_and_devices(self, query, key, value, key_padding_mask, attn_mask, batched: bool) -> None:
+        """What torch's module fails on with ``RuntimeError`` (a batch or device mismatch), raised as
+        torch's type before attnlens's functional API would raise its own: this module, like torch's,
+        never broadcasts the batch. A mask on another device is refused the same way (torch runs
+        with it and returns values that are not the masked attention)."""
+        if batched:
+            dim = 0 if self.batch_first else 1
+            if not (query.shape[dim] == key.shape[dim] == value.shape[dim]):
+                raise RuntimeError(
+                    f"query, key and value must have the same batch size (dim {dim}), got query "
+                    f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}"
+                )
+        for name, t in (
+            ("key", key),
+            ("value", value),
+            ("key_padding_mask", key_padding_mask),
+            ("attn_mask", attn_mask),
+        ):
+            if t is not None and t.device != query.device:
+                raise RuntimeError(f"{name} must be on the query's device {query.device}, got {t.device}")
 
     def _project(self, query, key, value):
         """The input projections on ``[B, N, features]``: q ``[B, Nq, E]``, k and v ``[B, Nk, kv_dim]``."""
