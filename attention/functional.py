@@ -242,11 +242,18 @@ def scaled_dot_product_attention(
 
     Arguments follow ``torch.nn.functional.scaled_dot_product_attention``:
 
-    - ``query`` ``[B, Hq, Nq, D]``, ``key`` ``[B, Hkv, Nk, D]``, ``value`` ``[B, Hkv, Nk, Dv]``
-      (3-D inputs are one unbatched element), any strides; float16, bfloat16, float32 or float64
-      (all three the same); head dims 1 to 256. ``enable_gqa=True`` lets Hq be a multiple of Hkv.
-    - ``attn_mask``: bool (True = attend) or floating point (added to the scaled scores),
-      broadcastable to ``[B, Hq, Nq, Nk]``; broadcast through stride 0, never copied.
+    - ``query`` ``[..., Hq, Nq, D]``, ``key`` ``[..., Hkv, Nk, D]``, ``value`` ``[..., Hkv, Nk, Dv]``:
+      at least 2-D, any strides; float16, bfloat16, float32 or float64 (all three the same). As in
+      torch, the leading dims broadcast like ``torch.matmul``'s (a batch of 1, or one key/value
+      head for every query head), with stride-0 views rather than copies; ``enable_gqa=True`` lets
+      the key and value heads be divisors of Hq instead. The output is ``[..., Hq, Nq, Dv]`` with
+      the broadcast leading dims. Head dims the kernels do not compile (0, above 256) and an
+      infinite ``scale`` run on the plain-PyTorch path, CUDA tensors included.
+    - ``attn_mask``: bool (True = attend) or float32 / the query's dtype (added to the scaled
+      scores; any other dtype raises, as in torch), broadcastable to the scores ``[..., Hq, Nq,
+      Nk]``; broadcast through stride 0, never copied or cast. torch's ``CausalBias``
+      (``torch.nn.attention.bias.causal_upper_left`` / ``causal_lower_right``) means
+      ``is_causal=True`` with its alignment.
     - ``is_causal``: query i sees keys j <= i (top-left, as torch). With
       ``causal_alignment="bottom_right"`` the last query is aligned with the last key
       (j <= i + Nk - Nq), as when decoding with a KV cache. Unlike torch, ``is_causal`` may be
@@ -263,8 +270,10 @@ def scaled_dot_product_attention(
 
     A query row with nothing to attend to (every key masked, or Nk = 0) gives output 0 and weights
     0, never NaN. Nq = 0 gives empty outputs. Masks are constants: a float ``attn_mask`` that
-    requires grad raises ``ValueError``. Bad arguments raise ``TypeError``/``ValueError`` naming
-    the argument, what it got and what it expects.
+    requires grad raises ``ValueError``. Bad arguments raise ``attnlens.AttentionTypeError`` /
+    ``AttentionValueError`` naming the argument, what it got and what it expects: ``TypeError`` /
+    ``ValueError``, and ``RuntimeError`` too, as torch's errors are. docs/torch-compat.md lists
+    what matches torch and every deliberate difference.
     """
     p = prepare(
         query,

@@ -93,7 +93,8 @@ class MultiHeadAttention(nn.MultiheadAttention):
       fast path (its ``need_weights=False`` path gives the same as attnlens).
     * ``is_causal=True`` without ``attn_mask`` always raises ``RuntimeError``; torch raises it too
       except on its inference fast path, where it silently ignores ``is_causal``.
-    * NestedTensor inputs (torch's fast path only) are not supported.
+    * NestedTensor inputs (torch's fast path only) are not supported: AssertionError, torch's error
+      for them everywhere else.
     * A float mask that requires grad runs on the plain-PyTorch reference path (the kernels treat
       masks as constants), so gradients reach it as they do in torch.
 
@@ -194,7 +195,9 @@ class MultiHeadAttention(nn.MultiheadAttention):
         of ``add_bias_kv`` and of ``add_zero_attn``.
         """
         if query.is_nested or key.is_nested or value.is_nested:
-            raise NotImplementedError(
+            # torch raises AssertionError for NestedTensors anywhere but its inference fast path,
+            # which attnlens does not have.
+            raise AssertionError(
                 "attnlens.MultiHeadAttention does not take NestedTensor inputs; pad the batch and pass key_padding_mask"
             )
         _check_mask_type(key_padding_mask, "key_padding_mask")

@@ -10,6 +10,7 @@ CPU, which is what it is for.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -51,9 +52,14 @@ def attention(
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    scores = torch.matmul(q, k.transpose(-2, -1))
-    if q.shape[-1]:  # head dim 0: every score is 0 whatever the scale (torch's 1/sqrt(0) is inf)
-        scores = scores * p.scale
+    if math.isinf(p.scale):
+        # torch's maths for scale = +-inf (and for head dim 0, whose default scale 1/sqrt(0) is
+        # inf): q and k each times sqrt(scale) before the product, so the scores are what IEEE
+        # arithmetic makes of it (+-inf, or NaN), and an empty product stays 0.
+        root = math.sqrt(p.scale) if p.scale > 0 else math.nan
+        scores = torch.matmul(q * root, (k * root).transpose(-2, -1))
+    else:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * p.scale
     if p.attn_mask is not None and p.attn_mask.dtype != torch.bool:
         bias = p.attn_mask
         if torch.finfo(bias.dtype).min < torch.finfo(scores.dtype).min:
