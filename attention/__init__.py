@@ -19,6 +19,7 @@ from typing import Any, List
 from attnlens import reference
 from attnlens._version import __version__
 from attnlens.capture import AttentionCapture, AttentionRecord, capture_attention
+from attnlens.errors import AttentionError, AttentionTypeError, AttentionValueError
 from attnlens.functional import (
     dropout_mask,
     kernels_available,
@@ -45,6 +46,10 @@ __all__ = [
     "scaled_dot_product_attention",
     "selected_backend",
     "use_backend",
+    # errors
+    "AttentionError",
+    "AttentionTypeError",
+    "AttentionValueError",
     # masks
     "causal_mask",
     "mask_future_tokens",

@@ -1,9 +1,16 @@
 """Checking and normalising the arguments of ``scaled_dot_product_attention``.
 
 Every path (compiled kernels, interpreter, reference) goes through ``prepare`` so they accept and
-refuse exactly the same inputs and see them in the same normal form: 4-D q/k/v, a 4-D attention
-mask view broadcast to ``[B, Hq, Nq, Nk]`` with stride 0 (never copied), and resolved scale and
-causal offset.
+refuse exactly the same inputs and see them in the same normal form: 4-D ``[B, H, N, D]`` q/k/v,
+a 4-D attention mask view broadcast to ``[B, Hq, Nq, Nk]``, and resolved scale and causal offset.
+
+The shapes accepted are torch's: ``query [..., Nq, D]``, ``key [..., Nk, D]``, ``value [..., Nk,
+Dv]`` with at least 2 dimensions each, whose leading dimensions broadcast against each other as
+``torch.matmul``'s do (so a batch of 1 or a single key/value head serves every query batch or
+head). The last leading dimension is the head dimension; ``enable_gqa=True`` lets it differ as in
+grouped-query attention. Broadcasting is done with ``expand`` (stride 0), never a copy; flattening
+more than one batch dimension into ``B`` is a view whenever the strides allow it (see
+``_flatten``).
 """
 
 from __future__ import annotations
@@ -11,12 +18,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Optional, Union
+import sys
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["Prepared", "prepare", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
+from attnlens.errors import AttentionTypeError, AttentionValueError
 
+__all__ = ["Prepared", "prepare", "kernel_limits", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
+
+# The largest head dim the kernels compile; larger (and 0) run on the plain-PyTorch path.
 MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
@@ -26,7 +37,11 @@ ReturnWeights = Union[bool, str]
 
 @dataclasses.dataclass
 class Prepared:
-    """Normalised arguments. ``weights_mode`` is 0 (none), 1 (per head) or 2 (head mean)."""
+    """Normalised arguments. ``weights_mode`` is 0 (none), 1 (per head) or 2 (head mean).
+
+    ``query`` ``[B, Hq, Nq, D]``, ``key`` ``[B, Hkv, Nk, D]``, ``value`` ``[B, Hkv, Nk, Dv]`` with
+    Hq a multiple of Hkv; ``batch_shape`` is the leading dims of the caller's output
+    (``[*batch_shape, Nq, Dv]``), which ``B`` and ``Hq`` flatten (row-major)."""
 
     query: torch.Tensor
     key: torch.Tensor
@@ -38,22 +53,81 @@ class Prepared:
     causal_offset: int
     scale: float
     weights_mode: int
-    unbatched: bool
+    batch_shape: Tuple[int, ...]
 
     @property
     def shape(self):
         b, hq, nq, _ = self.query.shape
         return b, hq, nq, self.key.shape[2]
 
+    @property
+    def unbatched(self) -> bool:
+        """Whether the inputs were 3-D ``[H, N, D]``: outputs drop the batch dim."""
+        return len(self.batch_shape) == 1
+
+
+def kernel_limits(p: Prepared) -> Optional[str]:
+    """Why the Triton kernels cannot run ``p`` (None when they can): head dims they do not compile
+    (0 or above ``MAX_HEAD_DIM``) or an infinite scale. Such calls run on the plain-PyTorch path."""
+    head_dim, head_dim_v = p.query.shape[-1], p.value.shape[-1]
+    for name, d in (("query/key", head_dim), ("value", head_dim_v)):
+        if d < 1 or d > MAX_HEAD_DIM:
+            return f"the kernels compile head dims 1 to {MAX_HEAD_DIM}; {name} head dim is {d}"
+    if math.isinf(p.scale):
+        return f"the kernels take a finite scale; got {p.scale}"
+    return None
+
 
 def _describe(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)} and dtype {t.dtype}"
 
 
+def _overrides_torch_function(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor subclass that gives torch functions its own meaning (its own
+    ``__torch_function__``), so that its memory is not what it stands for. ``nn.Parameter`` and
+    subclasses that only intercept dispatch (FakeTensor, FunctionalTensor under torch.compile) are
+    plain tensors here."""
+    cls = type(t)
+    if cls is torch.Tensor or cls is torch.nn.Parameter:
+        return False
+    impl = getattr(cls, "__torch_function__", None)
+    if impl is torch._C._disabled_torch_function_impl:
+        return False
+    return getattr(impl, "__func__", impl) is not torch.Tensor.__torch_function__.__func__
+
+
 def _check_tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise AttentionTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_nested:
+        raise AttentionTypeError(
+            f"{name} is a NestedTensor, which attnlens does not take; pad the sequences to one length and pass "
+            f"key_padding_mask (True = padding) instead"
+        )
+    if _overrides_torch_function(t):
+        raise AttentionTypeError(
+            f"{name} is a {type(t).__module__}.{type(t).__name__}, a tensor subclass with its own "
+            f"__torch_function__ that attnlens does not understand (it reads a tensor's memory as the values); "
+            f"pass a plain torch.Tensor"
+        )
     return t
+
+
+def _causal_bias(attn_mask: object) -> Optional[Tuple[bool, int, int]]:
+    """``(lower_right, seq_len_q, seq_len_kv)`` when ``attn_mask`` is torch's ``CausalBias``
+    (``torch.nn.attention.bias.causal_upper_left`` / ``causal_lower_right``), else None. Its storage
+    is uninitialised and must never be read; it stands for ``is_causal`` with an alignment."""
+    if type(attn_mask) is torch.Tensor or not isinstance(attn_mask, torch.Tensor):
+        return None
+    # No CausalBias can exist unless its module was imported; not importing it keeps
+    # `import attnlens` from importing torch._dynamo.
+    bias = sys.modules.get("torch.nn.attention.bias")
+    if bias is None or not isinstance(attn_mask, bias.CausalBias):
+        return None
+    variant = attn_mask.variant
+    if variant not in (bias.CausalVariant.UPPER_LEFT, bias.CausalVariant.LOWER_RIGHT):
+        raise AttentionValueError(f"attn_mask is a CausalBias of unknown variant {variant!r}")
+    return variant == bias.CausalVariant.LOWER_RIGHT, int(attn_mask.seq_len_q), int(attn_mask.seq_len_kv)
 
 
 def _weights_mode(return_weights: ReturnWeights) -> int:
@@ -63,23 +137,91 @@ def _weights_mode(return_weights: ReturnWeights) -> int:
         return 1
     if isinstance(return_weights, str) and return_weights == "mean":
         return 2
-    raise ValueError(f"return_weights must be False, True or 'mean', got {return_weights!r}")
+    raise AttentionValueError(f"return_weights must be False, True or 'mean', got {return_weights!r}")
 
 
-def _broadcast_mask(attn_mask: torch.Tensor, full: tuple) -> torch.Tensor:
-    """View ``attn_mask`` as 4-D and broadcast it to ``full`` = (B, Hq, Nq, Nk) without copying."""
-    if attn_mask.dim() > 4:
-        raise ValueError(
-            f"attn_mask must have at most 4 dimensions broadcastable to [B, Hq, Nq, Nk] = "
-            f"{list(full)}, got {_describe(attn_mask)}"
-        )
-    view = attn_mask[(None,) * (4 - attn_mask.dim())]  # leading size-1 dims, never a copy
-    for got, want in zip(view.shape, full):
-        if got != want and got != 1:
-            raise ValueError(
-                f"attn_mask of shape {tuple(attn_mask.shape)} is not broadcastable to [B, Hq, Nq, Nk] = {list(full)}"
+def _real(name: str, value: object, expected: str) -> float:
+    """A Python float from a real number or a 0-dim real tensor (torch accepts both); bool is
+    refused, since ``scale=True`` is always a mistake."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise AttentionTypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
+def _broadcast(what: str, shapes: Sequence[Tuple[int, ...]], described: str) -> Tuple[int, ...]:
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise AttentionValueError(f"{what} are not broadcastable (torch.matmul's rule): {described}") from None
+
+
+def _heads(heads_q: int, heads_k: int, heads_v: int, enable_gqa: bool, described: str) -> Tuple[int, int]:
+    """``(output heads, key/value heads the kernels see)`` under torch's rules. Without
+    ``enable_gqa`` the head dims (dim -3) broadcast: each is 1 or the common count, so one key/value
+    head serves every query head (multi-query attention). With it, the key heads and the value
+    heads must each divide the query heads, as in grouped-query attention."""
+    if not enable_gqa:
+        heads = max(heads_q, heads_k, heads_v) if min(heads_q, heads_k, heads_v) != 0 else 0
+        if any(h not in (1, heads) for h in (heads_q, heads_k, heads_v)):
+            raise AttentionValueError(
+                f"query has {heads_q} heads (dim -3) but key has {heads_k} and value {heads_v}: each must equal the "
+                f"others or be 1 (broadcast); pass enable_gqa=True for grouped-query attention ({described})"
             )
-    return view.expand(full)
+        return heads, heads_k if heads_k == heads_v else heads
+    for name, h in (("key", heads_k), ("value", heads_v)):
+        if (h == 0 and heads_q != 0) or (h != 0 and heads_q % h != 0):
+            raise AttentionValueError(
+                f"with enable_gqa=True the {name} heads (dim -3) must divide the query heads (a multiple of them): "
+                f"query has {heads_q}, {name} has {h} ({described})"
+            )
+    return heads_q, math.lcm(heads_k, heads_v)
+
+
+def _with_heads(t: torch.Tensor, rank: int, batch_dims: Tuple[int, ...], heads: int) -> torch.Tensor:
+    """``t`` ``[..., N, D]`` as ``[*batch_dims, heads, N, D]``: missing leading dims added and size-1
+    dims expanded (views, stride 0). Only a head count other than 1 that must grow (key and value
+    with different head counts under ``enable_gqa``) is repeated, which copies."""
+    t = t[(None,) * (rank + 2 - t.dim())]
+    if rank == 0:  # [N, D] everywhere: one head
+        return t[None]
+    own = t.shape[rank - 1]
+    if own != heads and own != 1:
+        t = t.repeat_interleave(heads // own, dim=rank - 1)
+    return t.expand(*batch_dims, heads, *t.shape[rank:])
+
+
+def _mergeable(t: torch.Tensor, start: int, end: int) -> bool:
+    """Whether dims ``start:end`` of ``t`` can be viewed as one dim (no copy)."""
+    if t.numel() == 0:
+        return True
+    dims = [(t.shape[i], t.stride(i)) for i in range(start, end) if t.shape[i] != 1]
+    return all(dims[i][1] == dims[i + 1][1] * dims[i + 1][0] for i in range(len(dims) - 1))
+
+
+def _flatten(tensors: List[torch.Tensor], batch_dims: Tuple[int, ...], may_fold: bool) -> List[torch.Tensor]:
+    """``[*batch_dims, H, ...]`` tensors as ``[B, H', ...]``, sharing one split of ``batch_dims``.
+
+    The kernels take one batch stride, so batch dims broadcast in some but not all of their dims
+    cannot always be merged into ``B`` without a copy. When ``may_fold`` (no key_padding_mask, no
+    head-averaged weights), trailing batch dims may instead be folded into the heads (``B`` =
+    the first dims, ``H'`` = the rest times ``H``): the kernels map query head ``h'`` to key head
+    ``h' // group`` either way, so the result is the same. The first split that is a view for
+    every tensor wins; if none is, ``B`` takes all batch dims and ``reshape`` copies what it must."""
+    n = len(batch_dims)
+    if n == 1:
+        return tensors
+    if n == 0:
+        return [t.unsqueeze(0) for t in tensors]
+    splits = range(n, -1, -1) if may_fold else (n,)
+    for j in splits:
+        if all(_mergeable(t, 0, j) and _mergeable(t, j, n + 1) for t in tensors):
+            break
+    else:
+        j = n
+    batch = math.prod(batch_dims[:j])
+    return [t.reshape(batch, math.prod(t.shape[j : n + 1]), *t.shape[n + 1 :]) for t in tensors]
 
 
 def prepare(
@@ -97,119 +239,146 @@ def prepare(
 ) -> Prepared:
     """Validate the arguments of ``scaled_dot_product_attention`` and return them normalised.
 
-    Raises ``TypeError`` for wrong types and dtypes and ``ValueError`` for wrong shapes and
-    values; each message names the argument, what it got and what it expects.
+    Raises ``AttentionTypeError`` (a ``TypeError``) for wrong types and dtypes and
+    ``AttentionValueError`` (a ``ValueError``) for wrong shapes, values and devices, both also
+    ``RuntimeError`` as torch's errors are; each message names the argument, what it got and what
+    it expects.
     """
     query = _check_tensor("query", query)
     key = _check_tensor("key", key)
     value = _check_tensor("value", value)
     for name, t in (("query", query), ("key", key), ("value", value)):
         if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+            raise AttentionTypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(
+        raise AttentionTypeError(
             f"query, key and value must have the same dtype, got {query.dtype}, {key.dtype} and {value.dtype}"
         )
     if not (query.device == key.device == value.device):
-        raise ValueError(
+        raise AttentionValueError(
             f"query, key and value must be on the same device, got {query.device}, {key.device} and {value.device}"
         )
-    if query.dim() not in (3, 4):
-        raise ValueError(f"query must be 4-D [B, Hq, Nq, D] or 3-D [Hq, Nq, D], got {_describe(query)}")
-    if key.dim() != query.dim() or value.dim() != query.dim():
-        raise ValueError(
-            f"key and value must have the same number of dimensions as query "
-            f"({query.dim()}), got key {tuple(key.shape)} and value {tuple(value.shape)}"
-        )
-    unbatched = query.dim() == 3
-    if unbatched:
-        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-
-    batch, heads_q, seqlen_q, head_dim = query.shape
-    _, heads_kv, seqlen_k, head_dim_k = key.shape
-    if key.shape[0] != batch or value.shape[0] != batch:
-        raise ValueError(
-            f"query, key and value must have the same batch size, got query "
-            f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
-        )
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dim() < 2:
+            raise AttentionValueError(
+                f"{name} must have at least 2 dimensions ([..., N, D], any leading dims, as torch), got {_describe(t)}"
+            )
+    described = f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+    seqlen_q, head_dim = query.shape[-2:]
+    seqlen_k, head_dim_k = key.shape[-2:]
     if head_dim_k != head_dim:
-        raise ValueError(f"key head dim must equal query head dim {head_dim}, got key {tuple(key.shape)}")
-    if value.shape[1] != heads_kv or value.shape[2] != seqlen_k:
-        raise ValueError(
-            f"value must have key's heads and length [B, {heads_kv}, {seqlen_k}, Dv], got value {tuple(value.shape)}"
+        raise AttentionValueError(f"key head dim must equal query head dim {head_dim}, got key {tuple(key.shape)}")
+    if value.shape[-2] != seqlen_k:
+        raise AttentionValueError(
+            f"value must have key's length Nk = {seqlen_k} ([..., {seqlen_k}, Dv]), got value {tuple(value.shape)}"
         )
-    head_dim_v = value.shape[3]
-    for name, d in (("query/key", head_dim), ("value", head_dim_v)):
-        if d < 1 or d > MAX_HEAD_DIM:
-            raise ValueError(f"{name} head dim must be between 1 and {MAX_HEAD_DIM}, got {d}")
-    if heads_q != heads_kv:
-        if not enable_gqa:
-            raise ValueError(
-                f"query has {heads_q} heads but key/value have {heads_kv}; pass "
-                f"enable_gqa=True for grouped-query attention"
-            )
-        if heads_kv == 0 or heads_q % heads_kv != 0:
-            raise ValueError(
-                f"with enable_gqa=True the query heads ({heads_q}) must be a multiple "
-                f"of the key/value heads ({heads_kv})"
-            )
 
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
-    dropout_p = float(dropout_p)
-    if not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if not isinstance(is_causal, bool):
-        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+        raise AttentionTypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
     if not isinstance(enable_gqa, bool):
-        raise TypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
+        raise AttentionTypeError(f"enable_gqa must be a bool, got {type(enable_gqa).__name__}")
+    dropout_p = _real("dropout_p", dropout_p, "a float in [0, 1]")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise AttentionValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    scale = float(scale)
+        scale = 1.0 / math.sqrt(head_dim) if head_dim else math.inf  # torch's 1 / sqrt(0)
+    else:
+        scale = _real("scale", scale, "a float or None")
+        if math.isnan(scale):
+            raise AttentionValueError(
+                "scale must be a number or None, got nan (torch's own backends disagree on it: NaN from the math "
+                "backend, zeros from the CPU flash backend)"
+            )
     if causal_alignment not in CAUSAL_ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be 'top_left' or 'bottom_right', got {causal_alignment!r}")
-    causal_offset = seqlen_k - seqlen_q if causal_alignment == "bottom_right" else 0
+        raise AttentionValueError(f"causal_alignment must be 'top_left' or 'bottom_right', got {causal_alignment!r}")
     weights_mode = _weights_mode(return_weights)
 
-    full = (batch, heads_q, seqlen_q, seqlen_k)
+    causal_bias = _causal_bias(attn_mask)
+    if causal_bias is not None:
+        lower_right, bias_q, bias_k = causal_bias
+        if is_causal:
+            raise AttentionValueError(
+                "CausalBias should not be used with causal=True: attn_mask is torch's causal bias already, "
+                "pass one or the other (as torch requires)"
+            )
+        if (bias_q, bias_k) != (seqlen_q, seqlen_k):
+            raise AttentionValueError(
+                f"attn_mask is a CausalBias for {bias_q} queries and {bias_k} keys, but query has Nq = {seqlen_q} "
+                f"and key Nk = {seqlen_k}"
+            )
+        attn_mask, is_causal = None, True
+        causal_alignment = "bottom_right" if lower_right else "top_left"
+    causal_offset = seqlen_k - seqlen_q if causal_alignment == "bottom_right" else 0
+
+    # Leading dims: right-aligned, broadcast as torch.matmul's batch dims; the last is the heads.
+    leads = [tuple(t.shape[:-2]) for t in (query, key, value)]
+    rank = max(len(lead) for lead in leads)
+    leads = [(1,) * (rank - len(lead)) + lead for lead in leads]
+    if rank == 0:
+        batch_dims, heads, heads_kv = (), 1, 1
+        batch_shape: Tuple[int, ...] = ()
+    else:
+        batch_dims = _broadcast(
+            "the batch dims (all dims before -3) of query, key and value", [lead[:-1] for lead in leads], described
+        )
+        heads, heads_kv = _heads(leads[0][-1], leads[1][-1], leads[2][-1], enable_gqa, described)
+        batch_shape = batch_dims + (heads,)
+    tensors = [
+        _with_heads(query, rank, batch_dims, heads),
+        _with_heads(key, rank, batch_dims, heads_kv),
+        _with_heads(value, rank, batch_dims, heads_kv),
+    ]
+
+    scores_shape = batch_shape + (seqlen_q, seqlen_k)
     if attn_mask is not None:
         attn_mask = _check_tensor("attn_mask", attn_mask)
-        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-            raise TypeError(
-                f"attn_mask must be bool (True = attend) or floating point (added to the scores), got {attn_mask.dtype}"
+        if attn_mask.dtype != torch.bool and attn_mask.dtype not in (torch.float32, query.dtype):
+            kind = "floating point" if attn_mask.is_floating_point() else "an integer dtype"
+            raise AttentionTypeError(
+                f"attn_mask must be bool (True = attend), or float32 or the query's dtype {query.dtype} (added to the "
+                f"scores), as torch requires; got {attn_mask.dtype} ({kind}). Cast it explicitly: attnlens never "
+                f"changes a mask's dtype"
             )
         if attn_mask.device != query.device:
-            raise ValueError(f"attn_mask must be on the query's device {query.device}, got {attn_mask.device}")
-        if unbatched and attn_mask.dim() == 4:
-            raise ValueError(
-                f"attn_mask for unbatched (3-D) inputs must have at most 3 dimensions "
-                f"broadcastable to [Hq, Nq, Nk], got {_describe(attn_mask)}"
+            raise AttentionValueError(f"attn_mask must be on the query's device {query.device}, got {attn_mask.device}")
+        if attn_mask.dim() > len(scores_shape):
+            raise AttentionValueError(
+                f"attn_mask must have at most {len(scores_shape)} dimensions broadcastable to the scores "
+                f"{list(scores_shape)} ([..., Nq, Nk]; torch adds it to them in place, so it cannot add dims), "
+                f"got {_describe(attn_mask)}"
             )
-        attn_mask = _broadcast_mask(attn_mask, full)
+        aligned = attn_mask[(None,) * (len(scores_shape) - attn_mask.dim())]  # leading size-1 dims, a view
+        if any(got not in (1, want) for got, want in zip(aligned.shape, scores_shape)):
+            raise AttentionValueError(
+                f"attn_mask of shape {tuple(attn_mask.shape)} is not broadcastable to the scores "
+                f"{list(scores_shape)} ([..., Nq, Nk])"
+            )
+        if rank == 0:
+            aligned = aligned[None]
+        tensors.append(aligned.expand(*batch_dims, heads, seqlen_q, seqlen_k))
 
     if key_padding_mask is not None:
         key_padding_mask = _check_tensor("key_padding_mask", key_padding_mask)
         if key_padding_mask.dtype != torch.bool:
-            raise TypeError(
+            raise AttentionTypeError(
                 f"key_padding_mask must be bool (True = padding, ignored), got "
                 f"{key_padding_mask.dtype}; pass a float mask as attn_mask instead"
             )
         if key_padding_mask.device != query.device:
-            raise ValueError(
+            raise AttentionValueError(
                 f"key_padding_mask must be on the query's device {query.device}, got {key_padding_mask.device}"
             )
-        expected = (seqlen_k,) if unbatched else (batch, seqlen_k)
+        expected = batch_dims + (seqlen_k,)
         if tuple(key_padding_mask.shape) != expected:
-            raise ValueError(
-                f"key_padding_mask must have shape {list(expected)} ([B, Nk]), got {tuple(key_padding_mask.shape)}"
+            raise AttentionValueError(
+                f"key_padding_mask must have shape {list(expected)} ([B, Nk], the batch dims of the output), "
+                f"got {tuple(key_padding_mask.shape)}"
             )
-        if unbatched:
-            key_padding_mask = key_padding_mask.unsqueeze(0)
+        key_padding_mask = key_padding_mask.reshape(math.prod(batch_dims), seqlen_k)
 
+    flat = _flatten(tensors, batch_dims, may_fold=key_padding_mask is None and weights_mode != 2)
+    query, key, value = flat[:3]
+    attn_mask = flat[3] if attn_mask is not None else None
     return Prepared(
         query,
         key,
@@ -221,5 +390,5 @@ def prepare(
         causal_offset,
         scale,
         weights_mode,
-        unbatched,
+        batch_shape,
     )

@@ -15,7 +15,8 @@ from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
-from attnlens._inputs import Prepared, ReturnWeights, prepare
+from attnlens._inputs import Prepared, ReturnWeights, kernel_limits, prepare
+from attnlens.errors import AttentionValueError
 from attnlens.reference import attention as _reference_attention
 from attnlens.reference import format_result
 
@@ -68,7 +69,7 @@ def use_backend(backend: str) -> Iterator[None]:
     on the inputs' device; ``"reference"`` always runs plain PyTorch.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise AttentionValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     previous = getattr(_state, "backend", "auto")
     _state.backend = backend
     try:
@@ -118,11 +119,28 @@ def selected_backend(device: torch.device) -> str:
 def _check_mask_grad(p: Prepared) -> None:
     mask = p.attn_mask
     if mask is not None and mask.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
+        raise AttentionValueError(
             "attn_mask requires grad, but attnlens treats masks as constants and computes "
             "no gradient for them; pass attn_mask.detach() (or compute a learned bias "
             "outside attention)"
         )
+
+
+def _path(p: Prepared) -> str:
+    """``"kernels"`` or ``"reference"`` for this call: ``selected_backend``, except that what the
+    kernels cannot compute (``kernel_limits``: head dims 0 or above 256, an infinite scale) runs on
+    the plain-PyTorch path, CUDA tensors included, unless ``use_backend("kernels")`` forces them."""
+    path = selected_backend(p.query.device)
+    if path == "kernels":
+        reason = kernel_limits(p)
+        if reason is not None:
+            if getattr(_state, "backend", "auto") == "kernels":
+                raise AttentionValueError(
+                    f"use_backend('kernels') forces the Triton kernels, but {reason}; "
+                    f"use_backend('auto') runs such calls on the plain-PyTorch path"
+                )
+            return "reference"
+    return path
 
 
 def _draw_seed(device: torch.device) -> torch.Tensor:
@@ -130,38 +148,63 @@ def _draw_seed(device: torch.device) -> torch.Tensor:
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
-def dropout_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> torch.Tensor:
+def dropout_mask(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    dropout_p: float,
+    *,
+    value: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
     """The dropout pattern a ``scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)``
     call makes when it starts from torch's random generator in its current state.
 
-    Returns bool ``[B, Hq, Nq, Nk]`` (``[Hq, Nq, Nk]`` for 3-D inputs), True = kept. It draws from
-    the generator exactly what the attention call draws (nothing when ``dropout_p == 0``), on the
-    path the call would take (``selected_backend``), so restoring the state reproduces the mask::
+    Returns bool ``[..., Nq, Nk]`` with the leading dims of the call's output (``[B, Hq, Nq, Nk]``
+    for 4-D inputs, ``[Hq, Nq, Nk]`` for 3-D ones), True = kept. It draws from the generator
+    exactly what the attention call draws (nothing when ``dropout_p == 0``), on the path the call
+    would take, so restoring the state reproduces the mask::
 
         torch.manual_seed(0)
         out, weights = attnlens.scaled_dot_product_attention(q, k, v, dropout_p=0.1, return_weights=True)
         torch.manual_seed(0)
         keep = attnlens.dropout_mask(q, k, 0.1)   # weights == 0 wherever keep is False
 
-    ``attnlens.reference.scaled_dot_product_attention(..., dropout_mask=keep)`` then recomputes
-    that call in plain PyTorch.
+    Pass the call's ``value`` and ``scale`` when its value head dim or its scale is one the kernels
+    do not take (head dim 0 or above 256, an infinite scale): such calls run on the plain-PyTorch
+    path, which draws differently. ``attnlens.reference.scaled_dot_product_attention(...,
+    dropout_mask=keep)`` then recomputes that call in plain PyTorch.
     """
-    p = prepare(query, key, key, dropout_p=dropout_p, enable_gqa=True)
+    heads_q = query.shape[-3] if query.dim() >= 3 else 1
+    heads_k = key.shape[-3] if key.dim() >= 3 else 1
+    grouped = heads_k not in (0, 1, heads_q) and heads_q % heads_k == 0
+    p = prepare(query, key, key if value is None else value, dropout_p=dropout_p, scale=scale, enable_gqa=grouped)
     batch, heads_q, seqlen_q, seqlen_k = p.shape
     device = p.query.device
     if p.dropout_p == 0.0:
         keep = torch.ones((batch, heads_q, seqlen_q, seqlen_k), dtype=torch.bool, device=device)
-    elif selected_backend(device) == "kernels":
+    elif _path(p) == "kernels":
         from attnlens.kernels import launch_dropout_mask
 
         keep = launch_dropout_mask(_draw_seed(device), batch, heads_q, seqlen_q, seqlen_k, p.dropout_p)
     else:  # the reference's draw (attnlens.reference.attention)
         draw = torch.rand((batch, heads_q, seqlen_q, seqlen_k), device=device, dtype=torch.float32)
         keep = draw >= p.dropout_p
-    return keep.squeeze(0) if p.unbatched else keep
+    return keep.reshape(*p.batch_shape, seqlen_q, seqlen_k)
+
+
+def _check_grid(p: Prepared) -> None:
+    """The kernels' launch limit on batch and heads, raised as attnlens's error."""
+    from attnlens.kernels.launch import check_grid as check
+
+    batch, heads_q, _, _ = p.shape
+    try:
+        check(batch, heads_q)
+    except ValueError as exc:
+        raise AttentionValueError(str(exc)) from None
 
 
 def _kernel_attention(p: Prepared) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_grid(p)
     seed = _draw_seed(p.query.device) if p.dropout_p > 0.0 else None
     allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
     out, _, weights = _ops_module().sdpa_forward_op(
@@ -203,11 +246,18 @@ def scaled_dot_product_attention(
 
     Arguments follow ``torch.nn.functional.scaled_dot_product_attention``:
 
-    - ``query`` ``[B, Hq, Nq, D]``, ``key`` ``[B, Hkv, Nk, D]``, ``value`` ``[B, Hkv, Nk, Dv]``
-      (3-D inputs are one unbatched element), any strides; float16, bfloat16, float32 or float64
-      (all three the same); head dims 1 to 256. ``enable_gqa=True`` lets Hq be a multiple of Hkv.
-    - ``attn_mask``: bool (True = attend) or floating point (added to the scaled scores),
-      broadcastable to ``[B, Hq, Nq, Nk]``; broadcast through stride 0, never copied.
+    - ``query`` ``[..., Hq, Nq, D]``, ``key`` ``[..., Hkv, Nk, D]``, ``value`` ``[..., Hkv, Nk, Dv]``:
+      at least 2-D, any strides; float16, bfloat16, float32 or float64 (all three the same). As in
+      torch, the leading dims broadcast like ``torch.matmul``'s (a batch of 1, or one key/value
+      head for every query head), with stride-0 views rather than copies; ``enable_gqa=True`` lets
+      the key and value heads be divisors of Hq instead. The output is ``[..., Hq, Nq, Dv]`` with
+      the broadcast leading dims. Head dims the kernels do not compile (0, above 256) and an
+      infinite ``scale`` run on the plain-PyTorch path, CUDA tensors included.
+    - ``attn_mask``: bool (True = attend) or float32 / the query's dtype (added to the scaled
+      scores; any other dtype raises, as in torch), broadcastable to the scores ``[..., Hq, Nq,
+      Nk]``; broadcast through stride 0, never copied or cast. torch's ``CausalBias``
+      (``torch.nn.attention.bias.causal_upper_left`` / ``causal_lower_right``) means
+      ``is_causal=True`` with its alignment.
     - ``is_causal``: query i sees keys j <= i (top-left, as torch). With
       ``causal_alignment="bottom_right"`` the last query is aligned with the last key
       (j <= i + Nk - Nq), as when decoding with a KV cache. Unlike torch, ``is_causal`` may be
@@ -224,8 +274,10 @@ def scaled_dot_product_attention(
 
     A query row with nothing to attend to (every key masked, or Nk = 0) gives output 0 and weights
     0, never NaN. Nq = 0 gives empty outputs. Masks are constants: a float ``attn_mask`` that
-    requires grad raises ``ValueError``. Bad arguments raise ``TypeError``/``ValueError`` naming
-    the argument, what it got and what it expects.
+    requires grad raises ``ValueError``. Bad arguments raise ``attnlens.AttentionTypeError`` /
+    ``AttentionValueError`` naming the argument, what it got and what it expects: ``TypeError`` /
+    ``ValueError``, and ``RuntimeError`` too, as torch's errors are. docs/torch-compat.md lists
+    what matches torch and every deliberate difference.
     """
     p = prepare(
         query,
@@ -241,7 +293,7 @@ def scaled_dot_product_attention(
         return_weights,
     )
     _check_mask_grad(p)
-    if selected_backend(p.query.device) == "kernels":
+    if _path(p) == "kernels":
         out, weights = _kernel_attention(p)
     else:
         out, weights, _ = _reference_attention(p)

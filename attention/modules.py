@@ -93,7 +93,8 @@ class MultiHeadAttention(nn.MultiheadAttention):
       fast path (its ``need_weights=False`` path gives the same as attnlens).
     * ``is_causal=True`` without ``attn_mask`` always raises ``RuntimeError``; torch raises it too
       except on its inference fast path, where it silently ignores ``is_causal``.
-    * NestedTensor inputs (torch's fast path only) are not supported.
+    * NestedTensor inputs (torch's fast path only) are not supported: AssertionError, torch's error
+      for them everywhere else.
     * A float mask that requires grad runs on the plain-PyTorch reference path (the kernels treat
       masks as constants), so gradients reach it as they do in torch.
 
@@ -194,7 +195,9 @@ class MultiHeadAttention(nn.MultiheadAttention):
         of ``add_bias_kv`` and of ``add_zero_attn``.
         """
         if query.is_nested or key.is_nested or value.is_nested:
-            raise NotImplementedError(
+            # torch raises AssertionError for NestedTensors anywhere but its inference fast path,
+            # which attnlens does not have.
+            raise AssertionError(
                 "attnlens.MultiHeadAttention does not take NestedTensor inputs; pad the batch and pass key_padding_mask"
             )
         _check_mask_type(key_padding_mask, "key_padding_mask")
@@ -208,6 +211,7 @@ class MultiHeadAttention(nn.MultiheadAttention):
             )
 
         batched = self._check_shapes(query, key, value, key_padding_mask, attn_mask)
+        self._check_batch_and_devices(query, key, value, key_padding_mask, attn_mask, batched)
         if not batched:  # one sequence: give it a batch dim of 1 and take it off at the end
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
@@ -307,6 +311,27 @@ class MultiHeadAttention(nn.MultiheadAttention):
                     f"([num_heads, Nq, Nk]), got {tuple(attn_mask.shape)}"
                 )
         return batched
+
+    def _check_batch_and_devices(self, query, key, value, key_padding_mask, attn_mask, batched: bool) -> None:
+        """What torch's module fails on with ``RuntimeError`` (a batch or device mismatch), raised as
+        torch's type before attnlens's functional API would raise its own: this module, like torch's,
+        never broadcasts the batch. A mask on another device is refused the same way (torch runs
+        with it and returns values that are not the masked attention)."""
+        if batched:
+            dim = 0 if self.batch_first else 1
+            if not (query.shape[dim] == key.shape[dim] == value.shape[dim]):
+                raise RuntimeError(
+                    f"query, key and value must have the same batch size (dim {dim}), got query "
+                    f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}"
+                )
+        for name, t in (
+            ("key", key),
+            ("value", value),
+            ("key_padding_mask", key_padding_mask),
+            ("attn_mask", attn_mask),
+        ):
+            if t is not None and t.device != query.device:
+                raise RuntimeError(f"{name} must be on the query's device {query.device}, got {t.device}")
 
     def _project(self, query, key, value):
         """The input projections on ``[B, N, features]``: q ``[B, Nq, E]``, k and v ``[B, Nk, kv_dim]``."""

@@ -10,6 +10,7 @@ CPU, which is what it is for.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -51,7 +52,14 @@ def attention(
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * p.scale
+    if math.isinf(p.scale):
+        # torch's maths for scale = +-inf (and for head dim 0, whose default scale 1/sqrt(0) is
+        # inf): q and k each times sqrt(scale) before the product, so the scores are what IEEE
+        # arithmetic makes of it (+-inf, or NaN), and an empty product stays 0.
+        root = math.sqrt(p.scale) if p.scale > 0 else math.nan
+        scores = torch.matmul(q * root, (k * root).transpose(-2, -1))
+    else:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * p.scale
     if p.attn_mask is not None and p.attn_mask.dtype != torch.bool:
         bias = p.attn_mask
         if torch.finfo(bias.dtype).min < torch.finfo(scores.dtype).min:
@@ -125,12 +133,16 @@ def scaled_dot_product_attention(
 
 
 def format_result(p: Prepared, out: torch.Tensor, weights: Optional[torch.Tensor]):
-    """Apply the public return convention: drop the batch dim for 3-D inputs, average heads for
-    ``return_weights='mean'`` (when ``weights`` is per head), return ``out`` or ``(out, weights)``."""
+    """Apply the public return convention: give ``out`` (and per-head weights) the leading dims of
+    the inputs' broadcast (``p.batch_shape``: none for 2-D inputs, the heads alone for 3-D ones),
+    average heads for ``return_weights='mean'`` (when ``weights`` is per head), return ``out`` or
+    ``(out, weights)``. Splitting ``B`` and ``H`` back into those dims is always a view."""
+    lead = p.batch_shape
+    out = out.reshape(*lead, *out.shape[2:])
     if p.weights_mode == 0:
-        return out.squeeze(0) if p.unbatched else out
-    if p.weights_mode == 2 and weights.dim() == 4:
-        weights = weights.mean(dim=1) if weights.shape[1] else weights.sum(dim=1)
-    if p.unbatched:
-        out, weights = out.squeeze(0), weights.squeeze(0)
-    return out, weights
+        return out
+    if p.weights_mode == 2:
+        if weights.dim() == 4:
+            weights = weights.mean(dim=1) if weights.shape[1] else weights.sum(dim=1)
+        return out, weights.reshape(*lead[:-1], *weights.shape[1:])
+    return out, weights.reshape(*lead, *weights.shape[2:])

@@ -1,5 +1,9 @@
 """Bad arguments raise TypeError/ValueError naming the argument, what it got and what it expects,
-identically on the kernel path and on the reference path."""
+identically on the kernel path and on the reference path. Every such error is also a RuntimeError
+(attnlens.AttentionTypeError / AttentionValueError), the type torch raises for most of them.
+
+What torch accepts and attnlens now accepts too (leading dims, broadcasting, head dims the kernels
+do not compile) is tested against torch itself in tests/torch_parity/."""
 
 from __future__ import annotations
 
@@ -29,18 +33,15 @@ CASES = [
     ("query not a tensor", lambda q, k, v: ((q.tolist(), k, v), {}), TypeError, ["query", "list"]),
     ("integer dtype", lambda q, k, v: ((q.int(), k, v), {}), TypeError, ["query", "int32"]),
     ("mixed dtypes", lambda q, k, v: ((q, k.double(), v), {}), TypeError, ["same dtype", "float64"]),
-    ("rank 2", lambda q, k, v: ((q[0, 0], k[0, 0], v[0, 0]), {}), ValueError, ["query", "4-D", "(5, 8)"]),
-    ("rank 5", lambda q, k, v: ((q[None], k[None], v[None]), {}), ValueError, ["query", "4-D"]),
-    ("ranks differ", lambda q, k, v: ((q, k[0], v[0]), {}), ValueError, ["key and value", "dimensions"]),
-    ("batch mismatch", lambda q, k, v: ((q, k[:1], v[:1]), {}), ValueError, ["batch size", "(1, 4, 7, 8)"]),
+    ("rank 1", lambda q, k, v: ((q[0, 0, 0], k, v), {}), ValueError, ["query", "at least 2", "(8,)"]),
+    (
+        "batch not broadcastable",
+        lambda q, k, v: ((q, torch.cat([k, k[:1]]), torch.cat([v, v[:1]])), {}),
+        ValueError,
+        ["batch dims", "not broadcastable", "(3, 4, 7, 8)"],
+    ),
     ("head dim mismatch", lambda q, k, v: ((q, k[..., :4], v), {}), ValueError, ["key head dim", "8"]),
     ("value length", lambda q, k, v: ((q, k, v[:, :, :3]), {}), ValueError, ["value", "(2, 4, 3, 8)"]),
-    (
-        "head dim over 256",
-        lambda q, k, v: ((torch.randn(1, 1, 2, 257),) * 3, {}),
-        ValueError,
-        ["head dim", "256", "257"],
-    ),
     ("gqa without flag", lambda q, k, v: ((q, k[:, :2], v[:, :2]), {}), ValueError, ["enable_gqa", "4", "2"]),
     (
         "gqa not a multiple",
@@ -53,6 +54,15 @@ CASES = [
     ("is_causal int", lambda q, k, v: ((q, k, v), {"is_causal": 1}), TypeError, ["is_causal", "int"]),
     ("scale string", lambda q, k, v: ((q, k, v), {"scale": "x"}), TypeError, ["scale", "str"]),
     ("scale nan", lambda q, k, v: ((q, k, v), {"scale": float("nan")}), ValueError, ["scale", "nan"]),
+    ("scale bool", lambda q, k, v: ((q, k, v), {"scale": True}), TypeError, ["scale", "bool"]),
+    ("scale 1-D tensor", lambda q, k, v: ((q, k, v), {"scale": torch.ones(1)}), TypeError, ["scale", "Tensor"]),
+    ("enable_gqa int", lambda q, k, v: ((q, k, v), {"enable_gqa": 1}), TypeError, ["enable_gqa", "int"]),
+    (
+        "nested query",
+        lambda q, k, v: ((torch.nested.nested_tensor([q[0, 0], q[0, 0, :2]], layout=torch.jagged), k, v), {}),
+        TypeError,
+        ["query", "NestedTensor", "key_padding_mask"],
+    ),
     (
         "alignment",
         lambda q, k, v: ((q, k, v), {"causal_alignment": "bottom"}),
@@ -76,6 +86,24 @@ CASES = [
         lambda q, k, v: ((q, k, v), {"attn_mask": torch.ones(1, B, H, NQ, NK, dtype=torch.bool)}),
         ValueError,
         ["attn_mask", "at most 4"],
+    ),
+    (
+        "mask float64 with float32 inputs",
+        lambda q, k, v: ((q, k, v), {"attn_mask": torch.zeros(NQ, NK, dtype=torch.float64)}),
+        TypeError,
+        ["attn_mask", "float64", "float32", "Cast it"],
+    ),
+    (
+        "mask float16 with float32 inputs",
+        lambda q, k, v: ((q, k, v), {"attn_mask": torch.zeros(NQ, NK, dtype=torch.float16)}),
+        TypeError,
+        ["attn_mask", "float16", "float32"],
+    ),
+    (
+        "mask on another device",
+        lambda q, k, v: ((q, k, v), {"attn_mask": torch.zeros(NQ, NK, device="meta")}),
+        ValueError,
+        ["attn_mask", "device", "meta"],
     ),
     (
         "mask int",
@@ -105,6 +133,8 @@ def test_bad_arguments(case, backend):
     args, kwargs = build(*qkv())
     with pytest.raises(exc) as info:
         _call(backend, *args, **kwargs)
+    # what torch raises for the same mistakes, so torch callers' except clauses still catch it
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, attnlens.AttentionError)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
@@ -122,9 +152,36 @@ def test_mask_requires_grad_is_refused():
 
 
 def test_unbatched_mask_must_not_be_4d():
+    """torch adds the mask to the scores in place, so a mask may not add leading dims."""
     q, k, v = qkv()
-    with pytest.raises(ValueError, match="unbatched"):
+    with pytest.raises(ValueError, match=r"at most 3 dimensions.*\[4, 5, 7\]"):
         attnlens.scaled_dot_product_attention(q[0], k[0], v[0], attn_mask=torch.ones(1, H, NQ, NK, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+def test_error_classes_are_both_kinds(backend):
+    """One class per kind, defined once: a ValueError or TypeError as promised, and a RuntimeError
+    as torch raises; AttentionError catches both."""
+    assert issubclass(attnlens.AttentionValueError, ValueError)
+    assert issubclass(attnlens.AttentionValueError, RuntimeError)
+    assert issubclass(attnlens.AttentionTypeError, TypeError)
+    assert issubclass(attnlens.AttentionTypeError, RuntimeError)
+    assert not issubclass(attnlens.AttentionValueError, TypeError)
+    q, k, v = qkv()
+    with pytest.raises(attnlens.AttentionTypeError):
+        _call(backend, q, k.double(), v)
+    with pytest.raises(attnlens.AttentionValueError):
+        _call(backend, q, k, v, dropout_p=2.0)
+
+
+def test_forced_kernels_name_what_they_cannot_compile():
+    """Head dims above 256 (and 0) run on the plain-PyTorch path under "auto"; forcing the kernels
+    on them says why they cannot and what to do."""
+    q = torch.randn(1, 1, 2, 257)
+    with pytest.raises(ValueError, match=r"head dim.*256.*257.*use_backend\('auto'\)"):
+        _call("kernels", q, q, q)
+    expected = _call("reference", q, q, q)
+    assert torch.equal(_call("auto", q, q, q), expected)
 
 
 def test_device_mismatch_is_named():

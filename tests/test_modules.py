@@ -652,6 +652,56 @@ def test_shape_errors_match_torch():
             assert _raised(functools.partial(mine, *inputs, **kwargs)) is expected, name
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_and_device_errors_match_torch(batch_first, training):
+    """torch's module never broadcasts the batch (attnlens's functional API does, as torch's SDPA)
+    and fails on a key or value on another device: RuntimeError exactly, in training and inference.
+    (With a meta tensor torch fails on its need_weights=False path; its need_weights=True path lets
+    meta through and returns meaningless values, which attnlens refuses as well.)"""
+    ours, theirs, _ = twins(torch.float32, batch_first=batch_first)
+    ours.train(training), theirs.train(training)
+    dim = 0 if batch_first else 1
+    x = torch.randn(BATCH, LEN_Q, EMBED, device=DEVICE)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    one = x.narrow(dim, 0, 1)
+    bigger = torch.cat([x, one], dim=dim)
+    cases = {
+        "key and value batch 1": (x, one, one),
+        "query batch 1": (one, x, x),
+        "key and value batch larger": (x, bigger, bigger),
+        "key on another device": (x, x.to("meta"), x),
+        "value on another device": (x, x, x.to("meta")),
+    }
+    context = contextlib.nullcontext() if training else torch.no_grad()
+    with context:
+        for name, inputs in cases.items():
+            expected = _raised(functools.partial(theirs, *inputs, need_weights=False))
+            assert expected is RuntimeError, f"torch: {name} raised {expected}"
+            for backend, need_weights in itertools.product(("kernels", "reference"), (True, False)):
+                with attnlens.use_backend(backend):
+                    raised = _raised(functools.partial(ours, *inputs, need_weights=need_weights))
+                assert raised is RuntimeError, f"{name} ({backend}, need_weights={need_weights}): {raised}"
+
+
+def test_masks_on_another_device_are_refused_with_torchs_type():
+    """A deliberate difference: torch's module runs with a mask on another device (its CPU path
+    then returns values that are not the masked attention, and weights on the mask's device);
+    attnlens refuses it with the RuntimeError torch raises for every other device mismatch."""
+    ours, theirs, _ = twins(torch.float32, batch_first=True)
+    x = torch.randn(BATCH, LEN_Q, EMBED, device=DEVICE)
+    masks = {
+        "attn_mask": torch.zeros(LEN_Q, LEN_Q, device="meta"),
+        "key_padding_mask": torch.zeros(BATCH, LEN_Q, dtype=torch.bool, device="meta"),
+    }
+    for name, mask in masks.items():
+        assert _raised(functools.partial(theirs, x, x, x, **{name: mask})) is None, f"torch now refuses {name}"
+        with pytest.raises(RuntimeError, match=f"{name} must be on the query's device") as info:
+            ours(x, x, x, **{name: mask})
+        assert type(info.value) is RuntimeError
+
+
 def test_mixed_mask_dtypes_warn_like_torch():
     ours, theirs, _ = twins(torch.float32, batch_first=True)
     x = torch.randn(BATCH, LEN_Q, EMBED, device=DEVICE)
