@@ -38,6 +38,8 @@ setup(
     python_requires=">=3.9",
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
+    # The explorer page inlines these two files (attnlens.viz.explorer reads them next to itself).
+    package_data={"attnlens.viz": ["explorer.js", "explorer.css"]},
     install_requires=[
         "torch>=2.4",
         # Triton ships Linux wheels only; elsewhere attnlens runs its PyTorch reference path.
