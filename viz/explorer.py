@@ -64,9 +64,10 @@ class Precision:
 
     ``bits`` 16: ``code = round(w * 65535)``, shown as ``code / 65535``, so a shown weight is within
     ``max_error = 0.5 / 65535`` (7.63e-6) of the model's. ``bits`` 8: ``code = round(sqrt(w) *
-    255)``, shown as ``(code / 255) ** 2``: within ``(sqrt(w) + 0.5 / 255) * 0.5 / 255`` of ``w``,
-    so at most ``max_error`` 0.0039 (at ``w = 1``) and at most 0.0004 for weights up to 0.01. The
-    square root spends the codes where attention over long inputs lives, on small weights.
+    255)``, shown as ``(code / 255) ** 2``: within ``(2 sqrt(w) + 0.5 / 255) * 0.5 / 255`` of
+    ``w`` (``bound``), so at most ``max_error`` 0.0039 (near ``w = 1``) and at most 0.0004 for
+    weights up to 0.01. The square root spends the codes where attention over long inputs lives,
+    on small weights.
     """
 
     bits: int
@@ -103,7 +104,8 @@ class Precision:
         return (2.0 * np.sqrt(np.clip(weights, 0.0, 1.0)) + half_step) * half_step
 
 
-PRECISIONS = {16: Precision(16, "linear", 0.5 / 65535.0), 8: Precision(8, "sqrt", (2.0 + 0.5 / 255.0) * 0.5 / 255.0)}
+# The 8-bit worst case: a weight just above (254.5 / 255)^2 rounds up to 1.
+PRECISIONS = {16: Precision(16, "linear", 0.5 / 65535.0), 8: Precision(8, "sqrt", (2.0 - 0.5 / 255.0) * 0.5 / 255.0)}
 
 
 @dataclasses.dataclass
@@ -286,7 +288,9 @@ def _section(
         raise TypeError("attentions must hold float weights, got bool (a mask?); pass masks as mask=")
     if weights.size == 0:
         raise ValueError(f"attentions must not be empty, got shape {tuple(weights.shape)} [L, H, Nq, Nk]")
-    weights = _check_probabilities(weights.astype(np.float32, copy=False))
+    if weights.dtype not in (np.float32, np.float64):
+        weights = weights.astype(np.float32)
+    weights = _check_probabilities(weights)
     num_queries, num_keys = weights.shape[2:]
     labels_q = as_labels(tokens, "tokens", num_queries, "queries (rows)")
     if tokens_k is None:
@@ -334,9 +338,11 @@ def rollout_per_layer(weights: np.ndarray, residual: float = 0.5) -> np.ndarray:
     return out
 
 
-def _matrices(section: _Section) -> np.ndarray:
-    """Every matrix the page shows for a section, ``[M, Nq, Nk]``: heads (layer-major), head means
-    per layer, then rollout through each layer (self-attention only)."""
+def _matrices(section: _Section) -> List[np.ndarray]:
+    """Every matrix the page shows for a section, in the page's order, as ``[M_i, Nq, Nk]`` parts:
+    heads (layer-major), head means per layer, then rollout through each layer (self-attention
+    only). The parts keep the weights' own float type: casting float64 weights to float32 before
+    quantising would add its rounding to the stated error."""
     layers, heads, num_queries, num_keys = section.weights.shape
     parts = [
         section.weights.reshape(layers * heads, num_queries, num_keys),
@@ -344,7 +350,7 @@ def _matrices(section: _Section) -> np.ndarray:
     ]
     if section.self_attention:
         parts.append(rollout_per_layer(section.weights))
-    return np.concatenate([p.astype(np.float32, copy=False) for p in parts])
+    return parts
 
 
 def _payload(sections: Sequence[_Section], precision: Precision, title: str) -> Tuple[dict, bytes]:
@@ -359,7 +365,7 @@ def _payload(sections: Sequence[_Section], precision: Precision, title: str) -> 
     offset = 0
     described = []
     for section in sections:
-        codes = precision.encode(_matrices(section)).ravel()
+        codes = np.concatenate([precision.encode(part).ravel() for part in _matrices(section)])
         if precision.bits == 16:
             raw = (codes >> 8).astype(np.uint8).tobytes() + (codes & 0xFF).astype(np.uint8).tobytes()
         else:
