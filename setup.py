@@ -49,10 +49,13 @@ setup(
     ],
     extras_require={
         # bertviz: tests/integrations/test_minilm.py checks that it draws the weights attnlens returns.
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm", "bertviz"],
+        # selenium: tests/viz/test_explorer_browser.py drives headless Chromium (a system package).
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm", "bertviz", "selenium"],
         "demo": ["tqdm"],
         "hf": ["transformers>=4.53"],
         "dev": ["ruff", "pandas"],
+        # python -m attnlens app: the Streamlit explorer app (attnlens.app).
+        "app": ["streamlit>=1.36"],
     },
     entry_points={"console_scripts": ["attnlens=attnlens.__main__:main"]},
     classifiers=[

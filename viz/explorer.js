@@ -289,7 +289,9 @@
     var maxK = Math.max(1, 40 / base);
     zoom.k = Math.min(Math.max(zoom.k, 1), maxK);
     var cell = base * zoom.k;
-    var cols = Math.min(s.nk, plotW / cell), rows = Math.min(s.nq, plotH / cell);
+    // Zooming magnifies inside the rectangle the whole matrix fills, so the cell under the
+    // pointer stays under it and the layout never jumps.
+    var cols = Math.min(s.nk, (s.nk * base) / cell), rows = Math.min(s.nq, (s.nq * base) / cell);
     zoom.c0 = Math.min(Math.max(zoom.c0, 0), s.nk - cols);
     zoom.r0 = Math.min(Math.max(zoom.r0, 0), s.nq - rows);
     return {
@@ -368,6 +370,7 @@
     for (var r = r0; r < r1; r++) {
       if (r % stepQ !== 0 || r === hr) continue;
       var y = g.top + (r - zoom.r0 + 0.5) * g.cell;
+      if (y < g.top || y > g.top + g.plotH) continue; // a row cut by the edge of a zoomed view
       context.fillText((stepQ > 1 ? r + " " : "") + shortLabel(s.meta.tokens_q[r]), g.left - 6, y);
     }
     var c0 = Math.floor(zoom.c0), c1 = Math.min(s.nk, Math.ceil(zoom.c0 + g.cols));
@@ -375,6 +378,7 @@
     for (var c = c0; c < c1; c++) {
       if (c % stepQ !== 0 || c === hc) continue;
       var x = g.left + (c - zoom.c0 + 0.5) * g.cell;
+      if (x < g.left || x > g.left + g.plotW) continue;
       context.save();
       context.translate(x, g.top - 6);
       context.rotate(-Math.PI / 2);
