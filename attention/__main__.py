@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         "local Hugging Face model, synthetic data, positional encodings and masks. Needs attnlens[app].",
     )
     app.add_argument("--port", type=int, default=8501, help="the port to serve on (default: 8501)")
+    app.add_argument(
+        "--address", default="localhost", help="the address to serve on (default: localhost, this machine only)"
+    )
     app.add_argument("--headless", action="store_true", help="do not open a browser window")
     return parser
 
@@ -129,14 +133,25 @@ def _app(args: argparse.Namespace) -> int:
         command: List[str] = [
             sys.executable, "-m", "streamlit", "run", _launcher(folder),
             "--server.port", str(args.port),
+            # A set address also keeps Streamlit from looking up this machine's public IP online.
+            "--server.address", args.address,
             "--server.headless", "true" if args.headless else "false",
             # Streamlit reports usage statistics over the network unless told not to.
             "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal",
         ]  # fmt: skip
+        # Ended by Ctrl+C or a plain kill, subprocess.call stops the server before returning.
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
             return subprocess.call(command)
         except KeyboardInterrupt:
             return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

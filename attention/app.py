@@ -251,7 +251,7 @@ def _tiny_model(st: Any, sentence: str) -> None:
     )
     left, middle, right = st.columns(3)
     task = left.selectbox("Task", ["reverse", "copy", "sort"], key="tiny_task")
-    steps = middle.slider("Training steps", 50, 1500, 300, step=50, key="tiny_steps", help="600 reach ~95% on reverse")
+    steps = middle.slider("Training steps", 50, 1500, 400, step=50, key="tiny_steps", help="600 reach ~95% on reverse")
     heads = right.select_slider("Heads", options=[1, 2, 4, 8], value=4, key="tiny_heads")
     layers = left.slider("Layers (encoder and decoder each)", 1, 4, 2, key="tiny_layers")
     seed = middle.number_input("Seed", 0, 10_000, 0, key="tiny_seed")

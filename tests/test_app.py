@@ -183,6 +183,7 @@ def test_app_command_runs_streamlit_offline(monkeypatch):
     assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
     assert command[command.index("--server.port") + 1] == "8600"
+    assert command[command.index("--server.address") + 1] == "localhost"
     assert command[command.index("--server.headless") + 1] == "true"
     assert seen["script"] == SCRIPT
     # the launcher lives in a folder of its own (Streamlit puts it on sys.path), removed afterwards

@@ -281,7 +281,7 @@
         k: measureLabels(context, s.meta.tokens_k, s.nk > 40),
       };
     }
-    var left = Math.min(190, Math.max(40, s.labelWidths.q + 14));
+    var left = Math.min(190, Math.max(72, s.labelWidths.q + 14)); // room for the "queries" corner label
     var top = 30 + Math.min(170, Math.max(34, s.labelWidths.k + 12));
     var right = 96;
     var plotW = Math.max(60, width - left - right), plotH = Math.max(60, height - top - 12);
@@ -1004,8 +1004,13 @@
     maskedRGB = [0, 2, 4].map(function (o) { return parseInt(masked.substr(o, 2), 16); });
     sections = header.sections.map(function (meta) { return new Section(meta, raw, header.bits); });
     state.view = header.view || "head";
+    if (header.start) {
+      state.section = Math.min(header.start.section || 0, sections.length - 1);
+      state.layer = Math.min(header.start.layer || 0, sections[state.section].L - 1);
+      state.head = Math.min(header.start.head || 0, sections[state.section].H - 1);
+    }
     // Long inputs spread their weight thin (1/N each): a log colour scale keeps the tail visible.
-    if (sections[0].nk > 256) state.scale = "log";
+    if (sections[state.section].nk > 256) state.scale = "log";
     buildUi();
     renderNow();
     root.dataset.ready = "1";

@@ -444,6 +444,7 @@ class Explorer:
         self.title = title if title is not None else "attention explorer"
         self._precision = precision
         self.view = view
+        self.start = {"section": 0, "layer": 0, "head": 0}
 
     def add(
         self,
@@ -461,6 +462,23 @@ class Explorer:
             section.name = f"{section.name} ({len(self.sections) + 1})"
         self.sections.append(section)
         self._check_size()
+        return self
+
+    def open_at(self, *, section: int = 0, layer: int = 0, head: int = 0, view: Optional[str] = None) -> "Explorer":
+        """Make the page open on ``section`` (index in :attr:`sections`), ``layer`` and ``head``
+        (and ``view``, one of ``VIEWS``); returns ``self``."""
+        if not 0 <= section < len(self.sections):
+            raise ValueError(f"section must be in [0, {len(self.sections)}), got {section}")
+        layers, heads = self.sections[section].weights.shape[:2]
+        if not 0 <= layer < layers:
+            raise ValueError(f"layer must be in [0, {layers}) for section {section}, got {layer}")
+        if not 0 <= head < heads:
+            raise ValueError(f"head must be in [0, {heads}) for section {section}, got {head}")
+        if view is not None:
+            if view not in VIEWS:
+                raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+            self.view = view
+        self.start = {"section": int(section), "layer": int(layer), "head": int(head)}
         return self
 
     @property
@@ -489,6 +507,7 @@ class Explorer:
         """The whole page as one string: a complete HTML document with everything inline."""
         header, raw = _payload(self.sections, self.precision, self.title)
         header["view"] = self.view
+        header["start"] = self.start
         blob = base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
         # Long base64 lines slow some editors to a crawl; the decoder ignores the line breaks.
         blob = "\n".join(blob[i : i + 4096] for i in range(0, len(blob), 4096))

@@ -96,7 +96,8 @@ class SentenceAttention:
 
     def explorer(self, title: Optional[str] = None) -> viz.Explorer:
         """The interactive page: cross-attention first (where the task's structure shows), then
-        the encoder's and the decoder's self-attention (with its causal mask drawn)."""
+        the encoder's and the decoder's self-attention (with its causal mask drawn). It opens on
+        the cross-attention head whose queries attend most decisively."""
         nt = len(self.target)
         page = viz.explorer(
             self.cross, self.target, self.source, title=title, name="decoder cross-attention (reads the input)"
@@ -107,7 +108,8 @@ class SentenceAttention:
         causal = torch.ones(nt, nt, dtype=torch.bool).tril()
         page.add(self.decoder_self, self.target, name="decoder self-attention (causal)", mask=causal)
         page.sections[-1].layer_names = list(self.decoder_names)
-        return page
+        layer, head = _sharpest_head(self.cross)
+        return page.open_at(layer=layer, head=head)
 
 
 @dataclasses.dataclass
@@ -145,6 +147,14 @@ def _mirror_head(cross: torch.Tensor, n: int) -> Tuple[int, int, float]:
     flat = int(mirrored.argmax())
     layer, head = divmod(flat, cross.shape[1])
     return layer, head, float(mirrored.flatten()[flat])
+
+
+def _sharpest_head(weights: torch.Tensor) -> Tuple[int, int]:
+    """The (layer, head) of ``[L, H, Nq, Nk]`` whose queries attend most decisively (the highest
+    mean over queries of the largest weight): where a learned alignment shows first."""
+    peaks = weights.amax(dim=-1).mean(dim=-1)  # [L, H]
+    layer, head = divmod(int(peaks.argmax()), weights.shape[1])
+    return layer, head
 
 
 def _positional_only_weights(device: torch.device, d_model: int) -> torch.Tensor:

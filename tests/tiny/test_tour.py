@@ -88,6 +88,13 @@ def test_mirror_head_finds_the_anti_diagonal():
     assert tour._mirror_head(cross, 4) == (1, 2, 1.0)
 
 
+def test_sharpest_head_is_the_most_decisive():
+    weights = torch.full((2, 3, 4, 5), 0.2)
+    weights[1, 0] = torch.eye(4, 5)  # every query puts all its weight on one key
+    weights[0, 2, :, 0], weights[0, 2, :, 1:] = 0.6, 0.1
+    assert tour._sharpest_head(weights) == (1, 0)
+
+
 def test_sentence_longer_than_training_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sentence has 11 words"):
         tour.run_tour(str(tmp_path), sentence=" ".join("abcdefghijk"), long_input=False, **{**SMALL, "steps": 1})
@@ -177,7 +184,9 @@ def test_look_inside_a_trained_model():
     assert inside.decoder_self.shape == (1, 2, nt, nt) and inside.cross.shape == (1, 2, nt, 3)
     assert torch.all(inside.decoder_self.triu(1) == 0)  # the decoder cannot look ahead
     torch.testing.assert_close(inside.cross.sum(-1), torch.ones(1, 2, nt))
-    assert inside.explorer().sections[0].weights.shape == (1, 2, nt, 3)
+    page = inside.explorer()
+    assert page.sections[0].weights.shape == (1, 2, nt, 3)
+    assert page.start == {"section": 0, "layer": 0, "head": tour._sharpest_head(inside.cross)[1]}
     with pytest.raises(ValueError, match="at least one word"):
         tour.look_inside(trained.model, [])
     with pytest.raises(ValueError, match="sentence has 11 words; the model reads at most 10"):

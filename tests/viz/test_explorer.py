@@ -260,6 +260,18 @@ def test_auto_precision_and_size_limit(monkeypatch):
         viz.explorer(weights, TOKENS)
 
 
+def test_open_at_sets_where_the_page_starts():
+    page = viz.explorer(layered(2, 3), TOKENS).add(layered(1, 2), TOKENS, name="other")
+    assert read_page(page.to_html())[0]["start"] == {"section": 0, "layer": 0, "head": 0}
+    assert page.open_at(section=0, layer=1, head=2, view="grid") is page
+    header = read_page(page.to_html())[0]
+    assert header["start"] == {"section": 0, "layer": 1, "head": 2} and header["view"] == "grid"
+    with pytest.raises(ValueError, match=r"head must be in \[0, 2\) for section 1, got 2"):
+        page.open_at(section=1, head=2)
+    with pytest.raises(ValueError, match=r"section must be in \[0, 2\)"):
+        page.open_at(section=2)
+
+
 def test_added_sections_get_distinct_names():
     page = viz.explorer(layered(1, 1), TOKENS).add(layered(1, 1, seed=3), TOKENS)
     assert [s.name for s in page.sections] == ["attention", "attention (2)"]
