@@ -277,8 +277,9 @@
     if (!s.labelWidths) {
       context.font = "12px " + FONT;
       s.labelWidths = {
-        q: measureLabels(context, s.meta.tokens_q, s.nq > 40),
-        k: measureLabels(context, s.meta.tokens_k, s.nk > 40),
+        // with the "12 " index prefix that thinned and hovered labels carry
+        q: measureLabels(context, s.meta.tokens_q, true),
+        k: measureLabels(context, s.meta.tokens_k, true),
       };
     }
     var left = Math.min(190, Math.max(72, s.labelWidths.q + 14)); // room for the "queries" corner label
