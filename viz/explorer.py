@@ -278,12 +278,19 @@ def _section(
     name: Optional[str],
     batch_index: int,
     mask: Optional[ArrayLike],
+    layer_names: Optional[Sequence[str]] = None,
 ) -> _Section:
     if isinstance(batch_index, bool) or not isinstance(batch_index, int):
         raise TypeError(f"batch_index must be an int, got {type(batch_index).__name__}")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-    weights, layer_names = _per_layer(attentions, batch_index)
+    weights, found_names = _per_layer(attentions, batch_index)
+    if layer_names is not None:
+        if isinstance(layer_names, str) or not isinstance(layer_names, Sequence):
+            raise TypeError(f"layer_names must be a sequence of str, got {type(layer_names).__name__}")
+        if len(layer_names) != weights.shape[0]:
+            raise ValueError(f"layer_names has {len(layer_names)} names but attentions have {weights.shape[0]} layers")
+        found_names = [str(n) for n in layer_names]
     if weights.dtype == np.bool_:
         raise TypeError("attentions must hold float weights, got bool (a mask?); pass masks as mask=")
     if weights.size == 0:
@@ -308,7 +315,7 @@ def _section(
         weights=weights,
         tokens_q=labels_q,
         tokens_k=labels_k,
-        layer_names=layer_names,
+        layer_names=found_names,
         allowed=_allowed_cells(mask, num_queries, num_keys),
         self_attention=self_attention,
     )
@@ -455,9 +462,12 @@ class Explorer:
         name: Optional[str] = None,
         batch_index: int = 0,
         mask: Optional[ArrayLike] = None,
+        layer_names: Optional[Sequence[str]] = None,
     ) -> "Explorer":
         """Add another attention stack (same arguments as :func:`explorer`); returns ``self``."""
-        section = _section(attentions, tokens, tokens_k, name=name, batch_index=batch_index, mask=mask)
+        section = _section(
+            attentions, tokens, tokens_k, name=name, batch_index=batch_index, mask=mask, layer_names=layer_names
+        )
         if section.name in {s.name for s in self.sections}:
             section.name = f"{section.name} ({len(self.sections) + 1})"
         self.sections.append(section)
@@ -555,6 +565,7 @@ def explorer(
     batch_index: int = 0,
     mask: Optional[ArrayLike] = None,
     name: Optional[str] = None,
+    layer_names: Optional[Sequence[str]] = None,
     precision: Union[str, int] = "auto",
     view: str = "head",
 ) -> Explorer:
@@ -580,6 +591,8 @@ def explorer(
             token, e.g. ``batch["attention_mask"][batch_index].bool()``). Blocked cells are drawn
             grey, apart from weights that are merely 0.
         name: the section's name in the page's "attention" picker (default ``"attention"``).
+        layer_names: a name per layer for the layer picker (default: the records' module names,
+            or ``"layer i"``).
         precision: bits per stored weight, ``16``, ``8`` or ``"auto"`` (see :class:`Precision`).
         view: the view the page opens on: ``"head"``, ``"heads"``, ``"grid"``, ``"mean"``,
             ``"rollout"`` (self-attention only) or ``"text"``.
@@ -592,7 +605,9 @@ def explorer(
         probabilities, layers of different shapes, label counts that do not match, a batch
         index outside the batch, a non-bool mask.
     """
-    section = _section(attentions, tokens, tokens_k, name=name, batch_index=batch_index, mask=mask)
+    section = _section(
+        attentions, tokens, tokens_k, name=name, batch_index=batch_index, mask=mask, layer_names=layer_names
+    )
     page = Explorer(section, title=title, precision=precision, view=view)
     page._check_size()
     return page

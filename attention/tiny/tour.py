@@ -100,14 +100,22 @@ class SentenceAttention:
         the cross-attention head whose queries attend most decisively."""
         nt = len(self.target)
         page = viz.explorer(
-            self.cross, self.target, self.source, title=title, name="decoder cross-attention (reads the input)"
+            self.cross,
+            self.target,
+            self.source,
+            title=title,
+            name="decoder cross-attention (reads the input)",
+            layer_names=self.cross_names,
         )
-        page.sections[0].layer_names = list(self.cross_names)
-        page.add(self.encoder_self, self.source, name="encoder self-attention")
-        page.sections[-1].layer_names = list(self.encoder_names)
+        page.add(self.encoder_self, self.source, name="encoder self-attention", layer_names=self.encoder_names)
         causal = torch.ones(nt, nt, dtype=torch.bool).tril()
-        page.add(self.decoder_self, self.target, name="decoder self-attention (causal)", mask=causal)
-        page.sections[-1].layer_names = list(self.decoder_names)
+        page.add(
+            self.decoder_self,
+            self.target,
+            name="decoder self-attention (causal)",
+            mask=causal,
+            layer_names=self.decoder_names,
+        )
         layer, head = _sharpest_head(self.cross)
         return page.open_at(layer=layer, head=head)
 

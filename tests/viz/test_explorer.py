@@ -272,6 +272,15 @@ def test_open_at_sets_where_the_page_starts():
         page.open_at(section=2)
 
 
+def test_layer_names_label_the_layer_picker():
+    page = viz.explorer(layered(2, 1), TOKENS, layer_names=["enc.0", "enc.1"])
+    assert read_page(page.to_html())[0]["sections"][0]["layer_names"] == ["enc.0", "enc.1"]
+    with pytest.raises(ValueError, match="layer_names has 1 names but attentions have 2 layers"):
+        viz.explorer(layered(2, 1), TOKENS, layer_names=["enc.0"])
+    with pytest.raises(TypeError, match="layer_names must be a sequence of str"):
+        viz.explorer(layered(2, 1), TOKENS, layer_names="enc")
+
+
 def test_added_sections_get_distinct_names():
     page = viz.explorer(layered(1, 1), TOKENS).add(layered(1, 1, seed=3), TOKENS)
     assert [s.name for s in page.sections] == ["attention", "attention (2)"]
