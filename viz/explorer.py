@@ -15,7 +15,7 @@ what it attends to and what attends to it. Pickers choose the layer, head and vi
 keys step through heads (left/right) and layers (up/down). "Save PNG" exports the current view.
 
 Everything is drawn on canvases from one compact copy of the weights, so 1,000+ tokens stay
-responsive. The weights are quantised for the page: 16 bits (linear, within ±7.7e-6 of the
+responsive. The weights are quantised for the page: 16 bits (linear, within ±7.6e-6 of the
 model's weight) while the page holds at most ``AUTO_16_BIT_VALUES`` numbers, 8 bits (on a
 square-root scale, within ±0.0039, finer for small weights) beyond; the page states which, and
 the value a hover shows is exactly the stored value that is drawn.
@@ -45,7 +45,7 @@ from attnlens.viz._common import MASKED_COLOR, ArrayLike, Tokens, as_labels, is_
 __all__ = ["AUTO_16_BIT_VALUES", "MAX_VALUES", "Explorer", "Precision", "explorer"]
 
 # The page holds each head's weights plus one head mean and one rollout per layer. Up to this many
-# numbers (e.g. 12 layers x 12 heads x 160 tokens) 16 bits keep the page under ~10 MB; beyond it
+# numbers (e.g. 12 layers x 12 heads x 150 tokens) 16 bits keep the page under ~10 MB; beyond it
 # 8 bits halve the size, and the picture a person reads is the same.
 AUTO_16_BIT_VALUES = 1 << 22
 # A browser holds the page's numbers in memory several times over while it decodes them; past
