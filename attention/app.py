@@ -25,7 +25,15 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["HFAttention", "default_hf_model_dir", "hf_attention", "hf_explorer", "render"]
+__all__ = [
+    "HFAttention",
+    "default_hf_model_dir",
+    "hf_attention",
+    "hf_explorer",
+    "load_hf_model",
+    "mask_examples",
+    "render",
+]
 
 EXPLORER_HEIGHT = 900  # px of the embedded explorer page; it scrolls inside when taller
 

@@ -646,13 +646,18 @@
     window.requestAnimationFrame(function () { pending = false; renderNow(); });
   }
 
-  function renderNow() {
-    var s = sec();
+  // The state as data attributes on the root, for scripts and tests; set as soon as it changes,
+  // not at the next animation frame.
+  function report() {
     root.dataset.view = state.view;
     root.dataset.section = String(state.section);
     root.dataset.layer = String(state.layer);
     root.dataset.head = String(state.head);
     root.dataset.token = state.pinned ? state.pinned.side + ":" + state.pinned.i : "";
+  }
+
+  function renderNow() {
+    report();
     syncControls();
     var textView = state.view === "text";
     ui.canvas.style.display = textView ? "none" : "block";
@@ -707,6 +712,7 @@
     if (state.view === "rollout" && !s.meta.self) state.view = "head";
     hover = null;
     ui.tooltip.style.display = "none";
+    report();
     render();
   }
 

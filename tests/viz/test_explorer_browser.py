@@ -120,6 +120,17 @@ def _canvas_pixels(driver) -> str:
     return driver.execute_script("return document.querySelector('canvas.ax-canvas').toDataURL()")
 
 
+def _eventually(check, timeout: float = 10.0):
+    """``check()``'s first truthy value; the page draws on the next animation frame, which a busy
+    machine can delay."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.05)
+
+
 def _no_script_errors(driver) -> None:
     severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
@@ -159,7 +170,7 @@ def test_views_respond_to_the_pointer_and_the_keys(browser, tmp_path, shots):
     before = _canvas_pixels(browser)
     browser.find_element(By.CSS_SELECTOR, "button[aria-label='next head']").click()
     assert _state(browser)["head"] == "1"
-    assert _canvas_pixels(browser) != before
+    assert _eventually(lambda: _canvas_pixels(browser) != before)
     body = browser.find_element(By.TAG_NAME, "body")
     body.send_keys(Keys.ARROW_RIGHT)
     assert _state(browser)["head"] == "2"
@@ -170,7 +181,7 @@ def test_views_respond_to_the_pointer_and_the_keys(browser, tmp_path, shots):
     # the layers x heads grid: clicking a panel opens that layer and head
     browser.find_element(By.CSS_SELECTOR, "button[data-view='grid']").click()
     assert _state(browser)["view"] == "grid"
-    panels = browser.execute_script("return window.attnlensExplorer.layout().panels")
+    panels = _eventually(lambda: browser.execute_script("return window.attnlensExplorer.layout().panels"))
     assert len(panels) == LAYERS * HEADS
     target = next(p for p in panels if (p["layer"], p["head"]) == (0, 2))
     shots(browser, "explorer_grid.png")
@@ -182,14 +193,14 @@ def test_views_respond_to_the_pointer_and_the_keys(browser, tmp_path, shots):
     browser.find_element(By.CSS_SELECTOR, "button[data-view='text']").click()
     browser.find_element(By.CSS_SELECTOR, ".ax-tok[data-side='q'][data-i='6']").click()
     assert _state(browser)["token"] == "q:6"
+    title = browser.find_element(By.CSS_SELECTOR, ".ax-box[data-role='attends-to'] .ax-box-title")
+    assert _eventually(lambda: title.text.startswith("What “mat” (query 6) attends to")), title.text
     alphas = browser.execute_script(
         "return Array.from(document.querySelectorAll(\".ax-tok[data-side='k']\"))"
         ".map(s => { const m = s.style.backgroundColor.match(/rgba?\\(([^)]*)\\)/);"
         " if (!m) return 0; const p = m[1].split(','); return p.length > 3 ? Number(p[3]) : 1; })"
     )
     assert int(np.argmax(alphas)) == int(np.argmax(weights[0, 2, 6])) == 4  # two back from "mat"
-    title = browser.find_element(By.CSS_SELECTOR, ".ax-box[data-role='attends-to'] .ax-box-title").text
-    assert title.startswith("What “mat” (query 6) attends to")
     shots(browser, "explorer_text.png")
 
     # export the current view as a PNG
