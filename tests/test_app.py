@@ -197,3 +197,16 @@ def test_import_attnlens_loads_neither_the_app_nor_streamlit():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False", "False"]
+
+
+def test_mask_examples_follow_torchs_convention():
+    from attnlens.app import mask_examples
+
+    masks = mask_examples(["a", "b", "c", "<pad>"], padding=1)
+    keys, causal, both = masks["padding (keys)"], masks["causal"], masks["padding and causal"]
+    assert keys.dtype == torch.bool and keys.shape == (4, 4)
+    assert keys[:, :3].all() and not keys[:, 3].any()  # True = may attend
+    assert torch.equal(causal, torch.ones(4, 4, dtype=torch.bool).tril())
+    assert torch.equal(both, causal & keys)
+    with pytest.raises(ValueError, match=r"padding must be in \[0, 4\)"):
+        mask_examples(["a", "b", "c", "d"], padding=4)
