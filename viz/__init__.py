@@ -1,4 +1,5 @@
-"""attnlens.viz: matplotlib pictures of attention weights, masks and positional encodings.
+"""attnlens.viz: matplotlib pictures of attention weights, masks and positional encodings, and the
+interactive explorer (``explorer``: one self-contained HTML page of every layer and head).
 
 Every function takes torch tensors or numpy arrays (plus token labels) and never calls a kernel,
 so weights from any source can be drawn. Drawing functions return a ``matplotlib.figure.Figure``,
@@ -6,6 +7,7 @@ never call ``plt.show()`` and never pick a backend; single-panel ones accept ``a
 ones ``fig=``. Masks follow torch's ``attn_mask`` convention: bool, True = attend.
 """
 
+from attnlens.viz.explorer import Explorer, explorer
 from attnlens.viz.heatmaps import attention_heads, attention_heatmap, attention_layers
 from attnlens.viz.masks import mask_picture
 from attnlens.viz.positional import (
@@ -19,6 +21,8 @@ from attnlens.viz.statistics import attention_received_bar, attention_statistics
 from attnlens.viz.training import training_curves
 
 __all__ = [
+    "Explorer",
+    "explorer",
     "attention_heatmap",
     "attention_heads",
     "attention_layers",

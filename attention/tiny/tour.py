@@ -3,7 +3,9 @@
 It trains the small transformer on a synthetic task whose right attention is known (``reverse``
 by default: output token ``i`` must look at input token ``n - 1 - i``), runs one example through
 the fused kernels with ``attnlens.capture_attention``, and writes every picture of
-``attnlens.viz`` for it, plus an ``index.html`` that walks through them in order.
+``attnlens.viz`` for it, the interactive explorer of every layer and head (``explorer.html``),
+plus an ``index.html`` that walks through them in order. ``train_tour_model`` and
+``look_inside`` are the two halves, also used by the explorer app (``python -m attnlens app``).
 
 On a CPU the training runs on the plain-PyTorch reference path (Triton's interpreter is far too
 slow to train with) and the example's attention is captured through the real kernels in the
@@ -24,11 +26,20 @@ import torch
 import attnlens
 from attnlens import viz
 from attnlens.tiny.data import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID
-from attnlens.tiny.training import train_on_task
+from attnlens.tiny.training import TaskData, TrainingHistory, train_on_task
 
-__all__ = ["DEFAULT_SENTENCE", "TourResult", "run_tour"]
+__all__ = [
+    "DEFAULT_SENTENCE",
+    "SentenceAttention",
+    "TourResult",
+    "TrainedModel",
+    "look_inside",
+    "run_tour",
+    "train_tour_model",
+]
 
 DEFAULT_SENTENCE = "the cat sat on the warm mat"
+EXPLORER_PAGE = "explorer.html"
 _LONG_LENGTH = 512
 
 
@@ -45,6 +56,68 @@ class TourResult:
     total_seconds: float
     train_backend: str
     capture_backend: str
+    explorer: Optional[str] = None  #: path of explorer.html, the interactive page of every layer and head
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """What ``train_tour_model`` trained: the model (eval mode) and how it went."""
+
+    model: torch.nn.Module
+    history: TrainingHistory
+    data: TaskData
+    task: str
+    seconds: float
+    backend: str  #: the attention path training ran on ("reference" on a CPU)
+    device: torch.device
+
+
+@dataclasses.dataclass
+class SentenceAttention:
+    """One sentence through a trained encoder-decoder: its tokens, what the model wrote, and every
+    attention layer's weights for that run (``look_inside``).
+
+    ``target`` is what the decoder read: ``<bos>`` and the model's own output (teacher-forced, so
+    the weights are the ones that produced the output). Weights are float32 on the CPU, one example:
+    ``encoder_self [L, H, Ns, Ns]``, ``decoder_self [L, H, Nt, Nt]``, ``cross [L, H, Nt, Ns]``;
+    ``*_names`` are the attention modules' names, one per layer.
+    """
+
+    source: List[str]
+    target: List[str]
+    prediction: List[str]
+    encoder_self: torch.Tensor
+    decoder_self: torch.Tensor
+    cross: torch.Tensor
+    encoder_names: List[str]
+    decoder_names: List[str]
+    cross_names: List[str]
+    backend: str  #: the attention path that computed the weights ("kernels" or "reference")
+
+    def explorer(self, title: Optional[str] = None) -> viz.Explorer:
+        """The interactive page: cross-attention first (where the task's structure shows), then
+        the encoder's and the decoder's self-attention (with its causal mask drawn). It opens on
+        the cross-attention head whose queries attend most decisively."""
+        nt = len(self.target)
+        page = viz.explorer(
+            self.cross,
+            self.target,
+            self.source,
+            title=title,
+            name="decoder cross-attention (reads the input)",
+            layer_names=self.cross_names,
+        )
+        page.add(self.encoder_self, self.source, name="encoder self-attention", layer_names=self.encoder_names)
+        causal = torch.ones(nt, nt, dtype=torch.bool).tril()
+        page.add(
+            self.decoder_self,
+            self.target,
+            name="decoder self-attention (causal)",
+            mask=causal,
+            layer_names=self.decoder_names,
+        )
+        layer, head = _sharpest_head(self.cross)
+        return page.open_at(layer=layer, head=head)
 
 
 @dataclasses.dataclass
@@ -84,6 +157,14 @@ def _mirror_head(cross: torch.Tensor, n: int) -> Tuple[int, int, float]:
     return layer, head, float(mirrored.flatten()[flat])
 
 
+def _sharpest_head(weights: torch.Tensor) -> Tuple[int, int]:
+    """The (layer, head) of ``[L, H, Nq, Nk]`` whose queries attend most decisively (the highest
+    mean over queries of the largest weight): where a learned alignment shows first."""
+    peaks = weights.amax(dim=-1).mean(dim=-1)  # [L, H]
+    layer, head = divmod(int(peaks.argmax()), weights.shape[1])
+    return layer, head
+
+
 def _positional_only_weights(device: torch.device, d_model: int) -> torch.Tensor:
     """Attention of 512 positions whose queries and keys are nothing but their sinusoidal
     encodings, through the kernels: [1, 1, N, N] weights (a long input for the tour)."""
@@ -94,6 +175,103 @@ def _positional_only_weights(device: torch.device, d_model: int) -> torch.Tensor
         q, k, v, is_causal=True, scale=2.0 / d_model**0.5, return_weights=True
     )
     return weights
+
+
+def train_tour_model(
+    task: str = "reverse",
+    *,
+    steps: Optional[int] = None,
+    seed: int = 0,
+    d_model: int = 64,
+    nhead: int = 4,
+    num_layers: int = 2,
+    device: Optional[str] = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train the tour's encoder-decoder on ``task`` (``attnlens.tiny.train_on_task`` with the
+    tour's sizes); about a minute on two CPU cores at the default 600 steps, seconds at 100.
+
+    On a CPU it trains on the reference path with one thread (Triton's interpreter runs the kernels
+    one program at a time in numpy: fine for looking at one example, far too slow for thousands of
+    training steps); on a GPU on the compiled kernels.
+    """
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    backend = "reference" if dev.type == "cpu" else "auto"
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # A model this small gains nothing from a second thread, and torch's OpenMP threads slow
+        # down several-fold the moment another process wants a core (measured on 2 cores).
+        torch.set_num_threads(1)
+    try:
+        with attnlens.use_backend(backend):
+            model, history, data = train_on_task(
+                task,
+                steps=steps,
+                seed=seed,
+                device=dev,
+                progress=progress,
+                d_model=d_model,
+                nhead=nhead,
+                num_layers=num_layers,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - started
+    backend = attnlens.selected_backend(dev) if backend == "auto" else "reference"
+    return TrainedModel(model.eval(), history, data, task, seconds, backend, dev)
+
+
+def look_inside(model: torch.nn.Module, words: Sequence[str]) -> SentenceAttention:
+    """Run ``words`` through a trained encoder-decoder of the kit: decode greedily, then capture
+    every attention layer while the decoder re-reads its own output.
+
+    Each distinct word becomes one content token (``_words_to_ids``), so the model must know enough
+    of them (``vocab_size - 3``) and have been trained on sentences at least this long. The weights
+    come from the path ``attnlens.selected_backend`` picks for the model's device (the kernels, in
+    Triton's interpreter when ``TRITON_INTERPRET=1`` on a CPU). Raises ``ValueError`` for an empty
+    sentence or one the model cannot read.
+    """
+    words = list(words)
+    if not words:
+        raise ValueError("words must hold at least one word")
+    max_length = getattr(model, "max_len", None)
+    if max_length is not None and len(words) + 2 > max_length:
+        raise ValueError(f"sentence has {len(words)} words; the model reads at most {max_length - 2}")
+    dev = next(model.parameters()).device
+    ids, names = _words_to_ids(words, model.vocab_size)
+    src = torch.tensor([ids], device=dev)
+    backend = attnlens.selected_backend(dev)
+    model.eval()
+    generated = model.generate(src)[0].tolist()
+    if EOS_ID in generated:
+        generated = generated[: generated.index(EOS_ID) + 1]
+    tgt_in = torch.tensor([[BOS_ID] + [t for t in generated if t != EOS_ID]], device=dev)
+    with torch.no_grad(), attnlens.capture_attention(model) as captured:
+        model(src, tgt_in)
+
+    def label(token_id: int) -> str:
+        return names.get(token_id, f"#{token_id}")
+
+    def stacked(kind: str, name: Optional[str]) -> Tuple[torch.Tensor, List[str]]:
+        records = captured.select(kind, name)
+        return captured.stack(kind, name)[:, 0].float().cpu(), [r.name for r in records]
+
+    encoder_self, encoder_names = stacked("self", "encoder")
+    decoder_self, decoder_names = stacked("self", "decoder")
+    cross, cross_names = stacked("cross", None)
+    return SentenceAttention(
+        source=[label(i) for i in ids],
+        target=[label(i) for i in tgt_in[0].tolist()],
+        prediction=[label(i) for i in generated],
+        encoder_self=encoder_self,
+        decoder_self=decoder_self,
+        cross=cross,
+        encoder_names=encoder_names,
+        decoder_names=decoder_names,
+        cross_names=cross_names,
+        backend=backend,
+    )
 
 
 def _save(fig, path: str, dpi: int = 110) -> str:
@@ -130,55 +308,36 @@ def run_tour(
     """
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     words = sentence.split()
     if not words:
         raise ValueError("sentence must hold at least one word")
 
-    # 1. Train. Triton's interpreter runs the kernels one program at a time in numpy: fine for
-    # looking at one example, far too slow for thousands of training steps.
-    train_backend = "reference" if dev.type == "cpu" else "auto"
-    overrides = dict(d_model=d_model, nhead=nhead, num_layers=num_layers)
-    train_started = time.perf_counter()
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        # A model this small gains nothing from a second thread, and torch's OpenMP threads slow
-        # down several-fold the moment another process wants a core (measured on 2 cores).
-        torch.set_num_threads(1)
-    try:
-        with attnlens.use_backend(train_backend):
-            model, history, data = train_on_task(
-                task, steps=steps, seed=seed, device=dev, progress=progress, **overrides
-            )
-    finally:
-        torch.set_num_threads(threads)
-    train_seconds = time.perf_counter() - train_started
-    train_backend = attnlens.selected_backend(dev) if train_backend == "auto" else "reference"
-    model.eval()
+    # 1. Train (on the reference path on a CPU: see train_tour_model).
+    trained = train_tour_model(
+        task,
+        steps=steps,
+        seed=seed,
+        d_model=d_model,
+        nhead=nhead,
+        num_layers=num_layers,
+        device=device,
+        progress=progress,
+    )
+    model, history, data, dev = trained.model, trained.history, trained.data, trained.device
+    train_seconds, train_backend = trained.seconds, trained.backend
 
     max_length = data.train.max_length
     if len(words) > max_length:
         raise ValueError(f"sentence has {len(words)} words; the model was trained on at most {max_length}")
     ids, names = _words_to_ids(words, model.vocab_size)
     n = len(ids)
-    src = torch.tensor([ids], device=dev)
 
     # 2. Look inside: decode the example, then capture every attention layer through the kernels
     # (teacher-forced on the model's own output, so the pictures show what produced it).
-    capture_backend = attnlens.selected_backend(dev)
-    generated = model.generate(src)[0].tolist()
-    if EOS_ID in generated:
-        generated = generated[: generated.index(EOS_ID) + 1]
-    tgt_in = torch.tensor([[BOS_ID] + [t for t in generated if t != EOS_ID]], device=dev)
-    with torch.no_grad(), attnlens.capture_attention(model) as captured:
-        model(src, tgt_in)
-    src_tokens = [names.get(i, f"#{i}") for i in ids]
-    tgt_tokens = [names.get(i, f"#{i}") for i in tgt_in[0].tolist()]
-    prediction = [names.get(i, f"#{i}") for i in generated]
-
-    enc_self = captured.stack("self", "encoder")[:, 0].float().cpu()  # [L, H, Ns, Ns]
-    dec_self = captured.stack("self", "decoder")[:, 0].float().cpu()  # [L, H, Nt, Nt]
-    cross = captured.stack("cross")[:, 0].float().cpu()  # [L, H, Nt, Ns]
+    inside = look_inside(model, words)
+    capture_backend = inside.backend
+    src_tokens, tgt_tokens, prediction = inside.source, inside.target, inside.prediction
+    enc_self, dec_self, cross = inside.encoder_self, inside.decoder_self, inside.cross  # [L, H, N?, N?]
     mirror_layer, mirror_head, mirror_weight = _mirror_head(cross, min(n, cross.shape[2]))
 
     pictures: List[_Picture] = []
@@ -348,6 +507,11 @@ def run_tour(
             "distance: the band the similarity picture predicted.",
         )
 
+    # The interactive page: every layer and head of all three attentions, in one file.
+    explorer_path = inside.explorer(title=f"attnlens tour: the '{task}' task on \"{' '.join(words)}\"").save(
+        os.path.join(out_dir, EXPLORER_PAGE)
+    )
+
     total_seconds = time.perf_counter() - started
     index = _write_index(
         out_dir,
@@ -361,6 +525,7 @@ def run_tour(
         device=dev,
         train_backend=train_backend,
         capture_backend=capture_backend,
+        explorer=EXPLORER_PAGE,
     )
     return TourResult(
         index=index,
@@ -372,6 +537,7 @@ def run_tour(
         total_seconds=total_seconds,
         train_backend=train_backend,
         capture_backend=capture_backend,
+        explorer=explorer_path,
     )
 
 
@@ -388,8 +554,17 @@ def _write_index(
     device: torch.device,
     train_backend: str,
     capture_backend: str,
+    explorer: Optional[str] = None,
 ) -> str:
     accuracy = "n/a" if val_accuracy is None else f"{val_accuracy:.1%}"
+    explorer_link = ""
+    if explorer:
+        explorer_link = (
+            f'<p class="explorer"><a href="{html.escape(explorer)}"><b>Open the interactive explorer</b></a>: '
+            "every layer and head of the encoder, the decoder and the cross-attention for this example, "
+            "with zoom, hover for exact weights, the head mean, attention rollout and a text view. "
+            "One self-contained file: it works offline.</p>"
+        )
     sections = []
     for number, picture in enumerate(pictures, 1):
         sections.append(
@@ -410,6 +585,7 @@ body {{ font-family: sans-serif; max-width: 980px; margin: 2em auto; padding: 0 
 img {{ max-width: 100%; border: 1px solid #ddd; }}
 section {{ margin-bottom: 2.5em; }}
 table {{ border-collapse: collapse; }} td {{ padding: 0.2em 0.8em; border-bottom: 1px solid #eee; }}
+.explorer {{ background: #eef4fb; border: 1px solid #c9dcf0; border-radius: 6px; padding: 0.6em 1em; }}
 </style>
 </head>
 <body>
@@ -427,6 +603,7 @@ fused attention kernel itself.</p>
 <tr><td>attention captured by</td><td>{html.escape(capture_backend)} path</td></tr>
 <tr><td>whole tour</td><td>{total_seconds:.0f} s</td></tr>
 </table>
+{explorer_link}
 {body}
 <p>Regenerate with <code>python -m attnlens demo --out DIR</code> (see <code>--help</code>).</p>
 </body>

@@ -1,12 +1,17 @@
 """attnlens.tiny.tour, the visual tour (`make demo`): it trains, captures through the kernels and
-writes a page of pictures whose every image exists and whose captions describe the run."""
+writes a page of pictures whose every image exists and whose captions describe the run, and the
+interactive explorer page that the index links to."""
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import os
 import re
+import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,6 +88,13 @@ def test_mirror_head_finds_the_anti_diagonal():
     assert tour._mirror_head(cross, 4) == (1, 2, 1.0)
 
 
+def test_sharpest_head_is_the_most_decisive():
+    weights = torch.full((2, 3, 4, 5), 0.2)
+    weights[1, 0] = torch.eye(4, 5)  # every query puts all its weight on one key
+    weights[0, 2, :, 0], weights[0, 2, :, 1:] = 0.6, 0.1
+    assert tour._sharpest_head(weights) == (1, 0)
+
+
 def test_sentence_longer_than_training_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sentence has 11 words"):
         tour.run_tour(str(tmp_path), sentence=" ".join("abcdefghijk"), long_input=False, **{**SMALL, "steps": 1})
@@ -115,3 +127,67 @@ def test_command_line(tmp_path, capsys):
     assert os.path.exists(tmp_path / "index.html")
     with pytest.raises(SystemExit):
         main(["demo", "--task", "no-such-task"])
+
+
+def read_page(page: str):
+    """(header, raw bytes) an explorer page embeds (the format tests/viz/test_explorer.py checks)."""
+    header = json.loads(re.search(r'<script type="application/json" id="ax-header">(.*?)</script>', page, re.S)[1])
+    data = re.search(r'<script type="application/octet-stream" id="ax-data">(.*?)</script>', page, re.S)[1]
+    return header, zlib.decompress(base64.b64decode("".join(data.split())))
+
+
+def shown_matrices(page: str, section: int) -> np.ndarray:
+    """A section's stored weights (16-bit pages: two byte planes), ``[M, Nq, Nk]``."""
+    header, raw = read_page(page)
+    meta = header["sections"][section]
+    offset, count = meta["codes"]
+    assert header["bits"] == 16
+    high = np.frombuffer(raw, np.uint8, count, offset).astype(np.uint32)
+    low = np.frombuffer(raw, np.uint8, count, offset + count).astype(np.uint32)
+    return ((high << 8 | low) / 65535.0).reshape(-1, meta["nq"], meta["nk"])
+
+
+def test_explorer_page_is_written_and_linked(small_tour):
+    out, result = small_tour
+    assert result.explorer == str(out / "explorer.html")
+    index = open(result.index, encoding="utf-8").read()
+    assert '<a href="explorer.html">' in index
+    page = open(result.explorer, encoding="utf-8").read()
+    header, _ = read_page(page)
+    cross, encoder, decoder = header["sections"]
+    target = ["<bos>"] + [t for t in result.prediction if t != "<eos>"]
+    assert cross["name"].startswith("decoder cross-attention") and not cross["self"]
+    assert (cross["tokens_q"], cross["tokens_k"]) == (target, result.source)
+    assert (cross["layers"], cross["heads"]) == (SMALL["num_layers"], SMALL["nhead"])
+    assert cross["layer_names"] == ["decoder_layers.0.multihead_attn"]
+    assert encoder["tokens_q"] == result.source and encoder["self"]
+    assert decoder["tokens_q"] == target
+    # the decoder's causal mask is drawn, and its weights respect it
+    _, raw = read_page(page)
+    offset, count = decoder["mask"]
+    nt = len(target)
+    causal = np.frombuffer(raw, np.uint8, count, offset).reshape(nt, nt)
+    np.testing.assert_array_equal(causal, np.tril(np.ones((nt, nt), np.uint8)))
+    decoder_weights = shown_matrices(page, 2)[: SMALL["nhead"]]
+    assert np.all(decoder_weights[:, causal == 0] == 0)
+    np.testing.assert_allclose(shown_matrices(page, 0)[: SMALL["nhead"]].sum(-1), 1.0, atol=1e-4)
+
+
+def test_look_inside_a_trained_model():
+    trained = tour.train_tour_model("copy", steps=2, d_model=16, nhead=2, num_layers=1, progress=False)
+    assert trained.backend == "reference" and trained.model.training is False
+    inside = tour.look_inside(trained.model, ["x", "y", "x"])
+    assert inside.source == ["x", "y", "x"]
+    nt = len(inside.target)
+    assert inside.target[0] == "<bos>" and nt == len([t for t in inside.prediction if t != "<eos>"]) + 1
+    assert inside.encoder_self.shape == (1, 2, 3, 3)
+    assert inside.decoder_self.shape == (1, 2, nt, nt) and inside.cross.shape == (1, 2, nt, 3)
+    assert torch.all(inside.decoder_self.triu(1) == 0)  # the decoder cannot look ahead
+    torch.testing.assert_close(inside.cross.sum(-1), torch.ones(1, 2, nt))
+    page = inside.explorer()
+    assert page.sections[0].weights.shape == (1, 2, nt, 3)
+    assert page.start == {"section": 0, "layer": 0, "head": tour._sharpest_head(inside.cross)[1]}
+    with pytest.raises(ValueError, match="at least one word"):
+        tour.look_inside(trained.model, [])
+    with pytest.raises(ValueError, match="sentence has 11 words; the model reads at most 10"):
+        tour.look_inside(trained.model, list("abcdefghijk"))
