@@ -41,7 +41,12 @@ class Prepared:
 
     ``query`` ``[B, Hq, Nq, D]``, ``key`` ``[B, Hkv, Nk, D]``, ``value`` ``[B, Hkv, Nk, Dv]`` with
     Hq a multiple of Hkv; ``batch_shape`` is the leading dims of the caller's output
-    (``[*batch_shape, Nq, Dv]``), which ``B`` and ``Hq`` flatten (row-major)."""
+    (``[*batch_shape, Nq, Dv]``), which ``B`` and ``Hq`` flatten (row-major).
+
+    Score modifications (None when absent): ``softcap`` a positive float; ``window`` ``(left,
+    right)`` with -1 for an unbounded side (never both -1); ``alibi_slopes`` ``[B, Hq]`` and
+    ``sinks`` ``[B, Hq, Nq]`` (stride-0 views where the caller's tensors broadcast), both in the
+    accumulation dtype (float32; float64 for float64 inputs), ``sinks`` differentiable."""
 
     query: torch.Tensor
     key: torch.Tensor
@@ -54,6 +59,10 @@ class Prepared:
     scale: float
     weights_mode: int
     batch_shape: Tuple[int, ...]
+    softcap: Optional[float] = None
+    window: Optional[Tuple[int, int]] = None
+    alibi_slopes: Optional[torch.Tensor] = None
+    sinks: Optional[torch.Tensor] = None
 
     @property
     def shape(self):
@@ -236,6 +245,10 @@ def prepare(
     key_padding_mask: Optional[torch.Tensor] = None,
     causal_alignment: str = "top_left",
     return_weights: ReturnWeights = False,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
+    window: Optional[Sequence[int]] = None,
+    alibi_slopes: Optional[torch.Tensor] = None,
 ) -> Prepared:
     """Validate the arguments of ``scaled_dot_product_attention`` and return them normalised.
 
@@ -376,9 +389,19 @@ def prepare(
             )
         key_padding_mask = key_padding_mask.reshape(math.prod(batch_dims), seqlen_k)
 
-    flat = _flatten(tensors, batch_dims, may_fold=key_padding_mask is None and weights_mode != 2)
+    softcap = _softcap(softcap)
+    window = _window(window)
+    per_head = sinks is not None or alibi_slopes is not None
+    # Per-head sinks and slopes need the heads as they are: no folding of batch dims into them.
+    may_fold = key_padding_mask is None and weights_mode != 2 and not per_head
+    flat = _flatten(tensors, batch_dims, may_fold=may_fold)
     query, key, value = flat[:3]
     attn_mask = flat[3] if attn_mask is not None else None
+    accumulation = torch.float64 if query.dtype == torch.float64 else torch.float32
+    if sinks is not None:
+        sinks = _sinks(sinks, batch_dims, heads, seqlen_q, query.device, accumulation)
+    if alibi_slopes is not None:
+        alibi_slopes = _alibi_slopes(alibi_slopes, batch_dims, heads, query.device, accumulation)
     return Prepared(
         query,
         key,
@@ -391,4 +414,83 @@ def prepare(
         scale,
         weights_mode,
         batch_shape,
+        softcap,
+        window,
+        alibi_slopes,
+        sinks,
     )
+
+
+def _softcap(softcap: object) -> Optional[float]:
+    if softcap is None:
+        return None
+    value = _real("softcap", softcap, "a positive float or None")
+    if not (value > 0 and math.isfinite(value)):
+        raise AttentionValueError(
+            f"softcap must be a positive finite float (scores become softcap * tanh(scores / softcap)), got {value}"
+        )
+    return value
+
+
+def _window(window: object) -> Optional[Tuple[int, int]]:
+    """``(left, right)`` as ints >= -1 (-1: unbounded), or None for no window (also (-1, -1))."""
+    if window is None:
+        return None
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise AttentionTypeError(
+            f"window must be (left, right), two ints (-1 for an unbounded side, as flash-attn's window_size), "
+            f"got {window!r}"
+        )
+    sides = []
+    for name, side in zip(("left", "right"), window):
+        if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+            raise AttentionTypeError(f"window's {name} side must be an int, got {type(side).__name__} {side!r}")
+        if side < -1:
+            raise AttentionValueError(f"window's {name} side must be >= 0, or -1 for unbounded, got {side}")
+        sides.append(int(side))
+    return None if sides == [-1, -1] else (sides[0], sides[1])
+
+
+def _sinks(
+    sinks: object, batch_dims: Tuple[int, ...], heads: int, seqlen_q: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``sinks`` as a differentiable ``[B, Hq, Nq]`` view in ``dtype``: one logit per head
+    (``[Hq]``), or per row (any shape broadcastable to ``[..., Hq, Nq]``, e.g. computed from the
+    tokens). Broadcasting is a stride-0 view; its backward sums the rows' gradients back."""
+    sinks = _check_tensor("sinks", sinks)
+    if not sinks.is_floating_point():
+        raise AttentionTypeError(f"sinks must be a floating point tensor of logits, got {sinks.dtype}")
+    if sinks.device != device:
+        raise AttentionValueError(f"sinks must be on the query's device {device}, got {sinks.device}")
+    rows = batch_dims + (heads, seqlen_q)
+    per_head = sinks.dim() == 1
+    aligned = sinks[:, None] if per_head else sinks
+    if aligned.dim() > len(rows) or any(got not in (1, want) for got, want in zip(aligned.shape[::-1], rows[::-1])):
+        raise AttentionValueError(
+            f"sinks must have shape [Hq] = [{heads}] (one logit per query head) or broadcast to the rows "
+            f"{list(rows)} ([..., Hq, Nq], one logit per row), got {_describe(sinks)}"
+        )
+    full = aligned.to(dtype).expand(rows)  # differentiable: gradients reach the caller's dtype and shape
+    return full.reshape(math.prod(batch_dims), heads, seqlen_q)
+
+
+def _alibi_slopes(
+    slopes: object, batch_dims: Tuple[int, ...], heads: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    slopes = _check_tensor("alibi_slopes", slopes)
+    if not slopes.is_floating_point():
+        raise AttentionTypeError(f"alibi_slopes must be a floating point tensor, got {slopes.dtype}")
+    if tuple(slopes.shape) not in ((heads,), batch_dims + (heads,)):
+        expected = f"[{heads}] or {list(batch_dims + (heads,))}"
+        raise AttentionValueError(f"alibi_slopes must have shape [Hq] or [B, Hq] = {expected}, got {_describe(slopes)}")
+    if slopes.device != device:
+        raise AttentionValueError(f"alibi_slopes must be on the query's device {device}, got {slopes.device}")
+    if slopes.requires_grad and torch.is_grad_enabled():
+        raise AttentionValueError(
+            "alibi_slopes requires grad, but attnlens treats the slopes as constants and computes no gradient for "
+            "them; pass alibi_slopes.detach()"
+        )
+    batch = math.prod(batch_dims)
+    if slopes.dim() == 1:
+        return slopes.to(dtype)[None].expand(batch, heads)
+    return slopes.to(dtype).reshape(batch, heads)

@@ -18,7 +18,7 @@ import torch
 from attnlens._inputs import Prepared, ReturnWeights, kernel_limits, prepare
 from attnlens.errors import AttentionValueError
 from attnlens.reference import attention as _reference_attention
-from attnlens.reference import format_result
+from attnlens.reference import check_sink_share, format_result, sink_share
 
 __all__ = ["scaled_dot_product_attention", "dropout_mask", "use_backend", "kernels_available", "selected_backend"]
 
@@ -203,29 +203,36 @@ def _check_grid(p: Prepared) -> None:
         raise AttentionValueError(str(exc)) from None
 
 
-def _kernel_attention(p: Prepared) -> Tuple[torch.Tensor, torch.Tensor]:
+def _kernel_attention(p: Prepared, want_sink_share: bool = False) -> Tuple[torch.Tensor, ...]:
+    """``(out, weights, sink_share)`` from the kernels (``weights`` empty unless asked for,
+    ``sink_share`` None unless asked for)."""
     _check_grid(p)
     seed = _draw_seed(p.query.device) if p.dropout_p > 0.0 else None
     allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
-    out, _, weights = _ops_module().sdpa_forward_op(
+    out, row_stats, weights = _ops_module().sdpa_forward_op(
         p.query,
         p.key,
         p.value,
         p.attn_mask,
         p.key_padding_mask,
         seed,
-        None,
-        None,
+        p.alibi_slopes,
+        p.sinks,
         p.scale,
         p.dropout_p,
-        None,
-        None,
+        p.softcap,
+        None if p.window is None else list(p.window),
         p.is_causal,
         p.causal_offset,
         p.weights_mode,
         allow_tf32,
     )
-    return out, weights
+    share = None
+    if want_sink_share:
+        from attnlens.kernels import row_stats_to_lse
+
+        share = sink_share(p, row_stats_to_lse(row_stats))
+    return out, weights, share
 
 
 def scaled_dot_product_attention(
@@ -241,7 +248,12 @@ def scaled_dot_product_attention(
     key_padding_mask: Optional[torch.Tensor] = None,
     causal_alignment: str = "top_left",
     return_weights: ReturnWeights = False,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
+    window: Optional[Tuple[int, int]] = None,
+    alibi_slopes: Optional[torch.Tensor] = None,
+    return_sink_share: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
     """Scaled dot-product attention that can also return the exact attention weights.
 
     Arguments follow ``torch.nn.functional.scaled_dot_product_attention``:
@@ -272,11 +284,30 @@ def scaled_dot_product_attention(
       weights ``[B, Hq, Nq, Nk]`` in the input dtype; ``"mean"`` returns ``(out, weights)`` averaged
       over the query heads, ``[B, Nq, Nk]``, without ever holding per-head weights.
 
+    Score modifications of today's models (keyword-only, off by default; every one combines with
+    the masks, both causal alignments, GQA, dropout, both kinds of weights and the gradients):
+
+    - ``softcap``: the scores become ``softcap * tanh(scores / softcap)`` before any mask or bias
+      (Gemma 2's rule); the backward goes through the tanh.
+    - ``window``: ``(left, right)``: query i sees keys ``i + offset - left <= j <= i + offset +
+      right``, offset the causal alignment's (0 top-left, ``Nk - Nq`` bottom-right); -1 is
+      unbounded (flash-attn's ``window_size``). With ``is_causal`` the right side is at most 0.
+      Key blocks outside the window are never visited: the cost is O(N x window), not O(N^2).
+    - ``alibi_slopes``: ``[Hq]`` or ``[B, Hq]``; adds ``-slope * |i + offset - j|`` to the scores
+      (flash-attn's convention), never materialised as a bias matrix; constants (no gradient).
+    - ``sinks``: ``[Hq]`` learned logits (gpt-oss), or per-row logits broadcastable to
+      ``[..., Hq, Nq]``: one more logit in every row's softmax denominator, with no value. The
+      returned weights are those over the real keys and sum to less than 1;
+      ``return_sink_share=True`` appends each row's share of the sink,
+      ``[..., Hq, Nq]`` (head-averaged ``[..., Nq]`` with ``return_weights="mean"``), as the last
+      element of the result. Gradients reach ``sinks`` (and flow through the share).
+
     A query row with nothing to attend to (every key masked, or Nk = 0) gives output 0 and weights
-    0, never NaN. Nq = 0 gives empty outputs. Masks are constants: a float ``attn_mask`` that
-    requires grad raises ``ValueError``. Bad arguments raise ``attnlens.AttentionTypeError`` /
-    ``AttentionValueError`` naming the argument, what it got and what it expects: ``TypeError`` /
-    ``ValueError``, and ``RuntimeError`` too, as torch's errors are. docs/torch-compat.md lists
+    0, never NaN (with a sink, the sink takes the whole row). Nq = 0 gives empty outputs. Masks
+    are constants: a float ``attn_mask`` that requires grad raises ``ValueError``. Bad arguments
+    raise ``attnlens.AttentionTypeError`` / ``AttentionValueError`` naming the argument, what it
+    got and what it expects: ``TypeError`` / ``ValueError``, and ``RuntimeError`` too, as torch's
+    errors are. docs/torch-compat.md lists
     what matches torch and every deliberate difference.
     """
     p = prepare(
@@ -291,10 +322,16 @@ def scaled_dot_product_attention(
         key_padding_mask,
         causal_alignment,
         return_weights,
+        softcap,
+        sinks,
+        window,
+        alibi_slopes,
     )
+    check_sink_share(p, return_sink_share)
     _check_mask_grad(p)
     if _path(p) == "kernels":
-        out, weights = _kernel_attention(p)
+        out, weights, share = _kernel_attention(p, return_sink_share)
     else:
-        out, weights, _ = _reference_attention(p)
-    return format_result(p, out, weights if p.weights_mode else None)
+        out, weights, lse = _reference_attention(p)
+        share = sink_share(p, lse) if return_sink_share else None
+    return format_result(p, out, weights if p.weights_mode else None, share)

@@ -16,20 +16,29 @@ from typing import Optional, Tuple, Union
 import torch
 
 from attnlens._inputs import Prepared, ReturnWeights, prepare
+from attnlens.errors import AttentionTypeError, AttentionValueError
 
-__all__ = ["scaled_dot_product_attention", "attention", "allowed_mask"]
+__all__ = ["scaled_dot_product_attention", "attention", "allowed_mask", "sink_share"]
 
 
 def allowed_mask(p: Prepared) -> Optional[torch.Tensor]:
-    """Bool ``[B or 1, Hq or 1, Nq, Nk]``: True where a query may attend to a key (causal, bool
-    attn_mask and key padding combined), or None when nothing is masked."""
+    """Bool ``[B or 1, Hq or 1, Nq, Nk]``: True where a query may attend to a key (causal, window,
+    bool attn_mask and key padding combined), or None when nothing is masked."""
     batch, heads_q, seqlen_q, seqlen_k = p.shape
     device = p.query.device
+    rows = torch.arange(seqlen_q, device=device)[:, None] + p.causal_offset  # the aligned diagonal
+    cols = torch.arange(seqlen_k, device=device)[None, :]
     allowed = None
     if p.is_causal:
-        rows = torch.arange(seqlen_q, device=device)[:, None]
-        cols = torch.arange(seqlen_k, device=device)[None, :]
-        allowed = (cols <= rows + p.causal_offset)[None, None]
+        allowed = (cols <= rows)[None, None]
+    if p.window is not None:
+        left, right = p.window
+        inside = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+        if left >= 0:
+            inside &= cols >= rows - left
+        if right >= 0:
+            inside &= cols <= rows + right
+        allowed = inside[None, None] if allowed is None else allowed & inside
     if p.attn_mask is not None and p.attn_mask.dtype == torch.bool:
         allowed = p.attn_mask if allowed is None else allowed & p.attn_mask
     if p.key_padding_mask is not None:
@@ -44,8 +53,13 @@ def attention(
     """Attention on prepared arguments, in the inputs' dtype.
 
     Returns ``(out [B, Hq, Nq, Dv], weights [B, Hq, Nq, Nk], lse [B, Hq, Nq])``; weights are after
-    dropout, lse (natural log) is -inf for a row with nothing to attend to. ``dropout_mask`` (bool,
-    True = keep, broadcastable to the weights) replaces the random draw when given.
+    dropout, lse (natural log, over the keys and the sink) is -inf for a row with nothing to
+    attend to. ``dropout_mask`` (bool, True = keep, broadcastable to the weights) replaces the
+    random draw when given.
+
+    Score modifications, in this order: soft-capping, the ALiBi bias ``-slope * |i + offset - j|``,
+    the additive mask; then the masks. A sink is one more logit in every row's softmax, of value 0:
+    the weights over the real keys sum to 1 minus its share, ``exp(sink - lse)``.
     """
     q, k, v = p.query, p.key, p.value
     group = q.shape[1] // max(k.shape[1], 1)
@@ -60,6 +74,12 @@ def attention(
         scores = torch.matmul(q * root, (k * root).transpose(-2, -1))
     else:
         scores = torch.matmul(q, k.transpose(-2, -1)) * p.scale
+    if p.softcap is not None:
+        scores = p.softcap * torch.tanh(scores / p.softcap)
+    if p.alibi_slopes is not None:
+        rows = torch.arange(scores.shape[-2], device=scores.device)[:, None] + p.causal_offset
+        distance = (rows - torch.arange(scores.shape[-1], device=scores.device)[None, :]).abs()
+        scores = scores - p.alibi_slopes.to(scores.dtype)[:, :, None, None] * distance.to(scores.dtype)
     if p.attn_mask is not None and p.attn_mask.dtype != torch.bool:
         bias = p.attn_mask
         if torch.finfo(bias.dtype).min < torch.finfo(scores.dtype).min:
@@ -76,9 +96,14 @@ def attention(
         if scores.shape[-1]
         else scores.new_full(scores.shape[:-1] + (1,), float("-inf"))
     )
+    sink = None if p.sinks is None else p.sinks.to(scores.dtype)[..., None]
+    if sink is not None:
+        row_max = torch.maximum(row_max, sink.detach())
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = torch.exp(scores - row_max)
     total = exp.sum(dim=-1, keepdim=True)
+    if sink is not None:
+        total = total + torch.exp(sink - row_max)
     empty = total == 0
     weights = exp / torch.where(empty, torch.ones_like(total), total)
     lse = torch.where(
@@ -109,9 +134,14 @@ def scaled_dot_product_attention(
     key_padding_mask: Optional[torch.Tensor] = None,
     causal_alignment: str = "top_left",
     return_weights: ReturnWeights = False,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
+    window: Optional[Tuple[int, int]] = None,
+    alibi_slopes: Optional[torch.Tensor] = None,
+    return_sink_share: bool = False,
     dropout_mask: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
     """The plain-PyTorch twin of ``attnlens.scaled_dot_product_attention`` (same arguments, same
     results), plus ``dropout_mask`` (bool, True = keep) to impose a dropout pattern and
     ``generator`` for the random draw otherwise."""
@@ -127,22 +157,49 @@ def scaled_dot_product_attention(
         key_padding_mask,
         causal_alignment,
         return_weights,
+        softcap,
+        sinks,
+        window,
+        alibi_slopes,
     )
-    out, weights, _ = attention(p, dropout_mask, generator)
-    return format_result(p, out, weights)
+    check_sink_share(p, return_sink_share)
+    out, weights, lse = attention(p, dropout_mask, generator)
+    share = sink_share(p, lse) if return_sink_share else None
+    return format_result(p, out, weights, share)
 
 
-def format_result(p: Prepared, out: torch.Tensor, weights: Optional[torch.Tensor]):
+def check_sink_share(p: Prepared, return_sink_share: object) -> None:
+    if not isinstance(return_sink_share, bool):
+        raise AttentionTypeError(f"return_sink_share must be a bool, got {type(return_sink_share).__name__}")
+    if return_sink_share and p.sinks is None:
+        raise AttentionValueError("return_sink_share=True needs sinks (the share of each row that goes to the sink)")
+
+
+def sink_share(p: Prepared, lse: torch.Tensor) -> torch.Tensor:
+    """Each row's softmax share of its sink ``[B, Hq, Nq]``, ``exp(sink - lse)`` (lse over the keys
+    and the sink, natural log), in the query's dtype; differentiable."""
+    return torch.exp(p.sinks.to(lse.dtype) - lse).to(p.query.dtype)
+
+
+def format_result(
+    p: Prepared, out: torch.Tensor, weights: Optional[torch.Tensor], sink_share: Optional[torch.Tensor] = None
+):
     """Apply the public return convention: give ``out`` (and per-head weights) the leading dims of
     the inputs' broadcast (``p.batch_shape``: none for 2-D inputs, the heads alone for 3-D ones),
     average heads for ``return_weights='mean'`` (when ``weights`` is per head), return ``out`` or
-    ``(out, weights)``. Splitting ``B`` and ``H`` back into those dims is always a view."""
+    ``(out, weights)``, and the sinks' share ``[..., Hq, Nq]`` (head-averaged with "mean") last
+    when it is given. Splitting ``B`` and ``H`` back into those dims is always a view."""
     lead = p.batch_shape
-    out = out.reshape(*lead, *out.shape[2:])
-    if p.weights_mode == 0:
-        return out
+    result = [out.reshape(*lead, *out.shape[2:])]
     if p.weights_mode == 2:
         if weights.dim() == 4:
             weights = weights.mean(dim=1) if weights.shape[1] else weights.sum(dim=1)
-        return out, weights.reshape(*lead[:-1], *weights.shape[1:])
-    return out, weights.reshape(*lead, *weights.shape[2:])
+        result.append(weights.reshape(*lead[:-1], *weights.shape[1:]))
+    elif p.weights_mode == 1:
+        result.append(weights.reshape(*lead, *weights.shape[2:]))
+    if sink_share is not None:
+        if p.weights_mode == 2:
+            result.append(sink_share.mean(dim=1).reshape(*lead[:-1], sink_share.shape[-1]))
+        else:
+            result.append(sink_share.reshape(*lead, sink_share.shape[-1]))
+    return result[0] if len(result) == 1 else tuple(result)

@@ -138,6 +138,9 @@ def _bwd_preprocess_kernel(
     stride_pad_k,
     stride_alibi_batch,
     stride_alibi_head,
+    stride_sinks_batch,
+    stride_sinks_head,
+    stride_sinks_q,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -421,6 +424,9 @@ def _bwd_dkdv_kernel(
     stride_pad_k,
     stride_alibi_batch,
     stride_alibi_head,
+    stride_sinks_batch,
+    stride_sinks_head,
+    stride_sinks_q,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -709,6 +715,9 @@ def _bwd_dq_kernel(
     stride_pad_k,
     stride_alibi_batch,
     stride_alibi_head,
+    stride_sinks_batch,
+    stride_sinks_head,
+    stride_sinks_q,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -874,8 +883,8 @@ def launch_backward(
     shifts delta. ``configs`` maps kernel names ("backward_preprocess", "backward_dkdv",
     "backward_dq") to ``KernelConfig``s.
 
-    Returns ``(dq, dk, dv, dsinks)`` laid out like q, k and v, in their dtype; ``dsinks`` ``[Hq]``
-    (in the sinks' dtype) when the problem has sinks, else None. Deterministic.
+    Returns ``(dq, dk, dv, dsinks)`` laid out like q, k and v, in their dtype; ``dsinks``
+    ``[B, Hq, Nq]`` (in the sinks' dtype) when the problem has sinks, else None. Deterministic.
     """
     batch, heads_q, seqlen_q, head_dim = q.shape
     heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -932,7 +941,7 @@ def launch_backward(
         delta -= grad_lse.to(delta.dtype)  # dS = P * (dP - delta + dlse)
     if sinks is not None:
         # the sink is a key of value 0: dS_sink = P_sink * (0 - delta)
-        dsinks = -(_sink_probabilities(sinks, row_stats) * delta).sum(dim=(0, 2)).to(sinks.dtype)
+        dsinks = -(_sink_probabilities(sinks, row_stats) * delta).to(sinks.dtype)
     if seqlen_k == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
 
@@ -987,9 +996,9 @@ def launch_backward(
 
 
 def _sink_probabilities(sinks: torch.Tensor, row_stats: torch.Tensor) -> torch.Tensor:
-    """Each row's probability of its head's sink, ``[B, Hq, Nq]``: exp(sink - lse), in the row
-    statistics' exponent domain (base 2 below fp64) and dtype."""
-    sink = sinks.to(row_stats.dtype)[None, :, None]
+    """Each row's probability of its sink, ``[B, Hq, Nq]`` (``sinks`` ``[B, Hq, Nq]``): exp(sink -
+    lse), in the row statistics' exponent domain (base 2 below fp64) and dtype."""
+    sink = sinks.to(row_stats.dtype)
     if row_stats.dtype == torch.float64:
         return torch.exp((sink - row_stats[..., 0]) - row_stats[..., 1])
     return torch.exp2((sink * LOG2E - row_stats[..., 0]) - row_stats[..., 1])

@@ -190,6 +190,9 @@ def _attn_fwd_kernel(
     stride_pad_k,
     stride_alibi_batch,
     stride_alibi_head,
+    stride_sinks_batch,
+    stride_sinks_head,
+    stride_sinks_q,
     num_heads_q,
     kv_group_size,
     seqlen_q,
@@ -242,7 +245,8 @@ def _attn_fwd_kernel(
     kv_range_ptr   int32 [B, 2]: first and one-past-last unpadded key
     seed_ptr       int64 [1], Philox seed for dropout
     alibi_ptr      [B, Hq] ALiBi slopes (fp32; fp64 for fp64), any strides
-    sinks_ptr      [Hq] sink logits (fp32; fp64 for fp64), natural units
+    sinks_ptr      [B, Hq, Nq] sink logits (fp32; fp64 for fp64), natural units, any strides (0
+                   where one logit serves a head)
     grid: (cdiv(Nq, BLOCK_M), Hq, B)
 
     HAS_SINKS: the row's softmax starts from the head's sink logit, a key of value 0, so the
@@ -301,10 +305,16 @@ def _attn_fwd_kernel(
     acc = accumulator(BLOCK_M, BLOCK_DV, USE_FP64)
     if HAS_SINKS:
         # the sink: a key of score sink (exponent domain) and value 0 that every row attends to
-        sink = tl.load(sinks_ptr + off_h)
+        sink_ptrs = (
+            sinks_ptr + b64 * stride_sinks_batch + h64 * stride_sinks_head + offs_m.to(tl.int64) * stride_sinks_q
+        )
+        if EVEN_M:
+            sink = tl.load(sink_ptrs)
+        else:
+            sink = tl.load(sink_ptrs, mask=offs_m < seqlen_q, other=0.0)
         if not USE_FP64:
             sink = sink * LOG2E_CONSTEXPR
-        m_i = tl.zeros([BLOCK_M], dtype=acc.dtype) + sink
+        m_i = sink.to(acc.dtype)
         l_i = tl.full([BLOCK_M], 1.0, dtype=acc.dtype)
     else:
         l_i = tl.zeros([BLOCK_M], dtype=acc.dtype)
@@ -456,6 +466,9 @@ def _attn_weights_kernel(
     stride_pad_k,
     stride_alibi_batch,
     stride_alibi_head,
+    stride_sinks_batch,
+    stride_sinks_head,
+    stride_sinks_q,
     num_heads_q,
     kv_group_size,
     seqlen_q,

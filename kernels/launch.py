@@ -166,8 +166,8 @@ class AttentionProblem:
     Score modifications: ``softcap`` (scores become ``softcap * tanh(scores / softcap)``),
     ``window`` = ``(left, right)`` (key j visible to query i iff ``i + causal_offset - left <= j
     <= i + causal_offset + right``; -1 is unbounded), ``alibi_slopes`` ``[B, Hq]`` (any strides;
-    the bias ``-slope * |i + causal_offset - j|``), ``sinks`` ``[Hq]`` (a logit per query head
-    that joins every row's softmax denominator).
+    the bias ``-slope * |i + causal_offset - j|``), ``sinks`` ``[B, Hq, Nq]`` (any strides: 0 where
+    one logit serves a whole head; a logit that joins the row's softmax denominator).
     """
 
     scale: float
@@ -238,6 +238,7 @@ class KernelArgs:
         mask_ptr, pad_ptr, kv_range_ptr, seed_ptr, alibi_ptr, sinks_ptr,
         stride_mask_batch, stride_mask_head, stride_mask_q, stride_mask_k,
         stride_pad_batch, stride_pad_k, stride_alibi_batch, stride_alibi_head,
+        stride_sinks_batch, stride_sinks_head, stride_sinks_q,
         num_heads_q, kv_group_size, seqlen_q, seqlen_k, head_dim, head_dim_v,
         causal_offset, window_left, window_right,
         qk_scale, qk_scale_lo, softcap_scale, softcap_scale_lo, dropout_p, keep_scale
@@ -308,7 +309,7 @@ def kernel_args(problem: AttentionProblem, q: torch.Tensor, k: torch.Tensor, v: 
         softcap_scale, softcap_scale_lo = 0.0, 0.0
     alibi = problem.alibi_slopes
     alibi, alibi_strides = (q, (0, 0)) if alibi is None else (alibi, alibi.stride())
-    sinks = q if problem.sinks is None else problem.sinks
+    sinks, sinks_strides = (q, (0, 0, 0)) if problem.sinks is None else (problem.sinks, problem.sinks.stride())
     window_left, window_right = window_bounds(problem, seqlen_q, seqlen_k)
     block_dqk, block_dv = head_dim_bucket(head_dim), head_dim_bucket(head_dim_v)
     runtime = (
@@ -321,6 +322,7 @@ def kernel_args(problem: AttentionProblem, q: torch.Tensor, k: torch.Tensor, v: 
         *mask_strides,
         *pad_strides,
         *alibi_strides,
+        *sinks_strides,
         heads_q,
         heads_q // max(heads_kv, 1),
         seqlen_q,

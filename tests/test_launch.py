@@ -18,7 +18,8 @@ from attnlens.kernels.tiles import LOG2E, MASK_ADDITIVE, MASK_BOOL, MASK_NONE
 RUNTIME = (
     "mask_ptr pad_ptr kv_range_ptr seed_ptr alibi_ptr sinks_ptr "
     "stride_mask_batch stride_mask_head stride_mask_q stride_mask_k stride_pad_batch stride_pad_k "
-    "stride_alibi_batch stride_alibi_head num_heads_q kv_group_size seqlen_q seqlen_k head_dim head_dim_v "
+    "stride_alibi_batch stride_alibi_head stride_sinks_batch stride_sinks_head stride_sinks_q "
+    "num_heads_q kv_group_size seqlen_q seqlen_k head_dim head_dim_v "
     "causal_offset window_left window_right qk_scale qk_scale_lo softcap_scale softcap_scale_lo dropout_p keep_scale"
 ).split()
 
@@ -100,7 +101,7 @@ def test_kernel_args_of_score_modifications():
     unbounded window side becomes a bound no pair reaches; causal masking caps the right side at 0."""
     q, k, v = _qkv()
     slopes = torch.rand(4).expand(2, 4)
-    sinks = torch.randn(4)
+    sinks = torch.randn(4)[None, :, None].expand(2, 4, 5)
     problem = AttentionProblem(
         scale=0.5, is_causal=True, softcap=30.0, window=(-1, 5), alibi_slopes=slopes, sinks=sinks
     )
@@ -111,6 +112,7 @@ def test_kernel_args_of_score_modifications():
     assert runtime["window_left"] > 5 + 7 and runtime["window_right"] == 0
     assert runtime["alibi_ptr"] is slopes and (runtime["stride_alibi_batch"], runtime["stride_alibi_head"]) == (0, 1)
     assert runtime["sinks_ptr"] is sinks
+    assert (runtime["stride_sinks_batch"], runtime["stride_sinks_head"], runtime["stride_sinks_q"]) == (0, 1, 0)
     assert all(args.flags[f] for f in ("HAS_SOFTCAP", "HAS_ALIBI", "HAS_WINDOW", "HAS_SINKS"))
     plain = kernel_args(AttentionProblem(scale=1.0, window=(3, 2)), q, k, v)
     assert dict(zip(RUNTIME, plain.runtime))["window_right"] == 2  # without causal masking, as given

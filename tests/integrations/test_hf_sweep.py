@@ -44,8 +44,9 @@ FAST = {
     "falcon": "refused" if attention_outside_interface(transformers.FalconForCausalLM) else "matches",
     "deberta-v2": "refused",
     "pegasus_x": "refused",  # one attention module of its own beside interface ones
-    "gemma2": "refused",  # soft-capped scores
-    "gpt_oss": "refused",  # attention sinks
+    "gemma2": "matches",  # soft-capped scores, sliding windows
+    "gpt_oss": "matches",  # attention sinks, sliding windows
+    "gemma3_text": "matches",  # sliding and global layers
 }
 # The CPU paths: the reference, and the faster plain-torch path where this attnlens has one.
 CPU_BACKENDS = [backend for backend in ("reference", "torch") if backend in attnlens.functional.BACKENDS]

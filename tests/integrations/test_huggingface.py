@@ -65,6 +65,9 @@ class Call:
     enable_gqa: bool
     dropout_p: float
     return_weights: Any
+    window: Any = None
+    softcap: Any = None
+    sinks: Any = None
 
 
 @pytest.fixture
@@ -84,6 +87,9 @@ def calls(monkeypatch) -> List[Call]:
                 enable_gqa,
                 dropout_p,
                 kwargs.get("return_weights", False),
+                kwargs.get("window"),
+                kwargs.get("softcap"),
+                kwargs.get("sinks"),
             )
         )
         return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, **kwargs)
@@ -132,6 +138,39 @@ def mistral() -> MistralConfig:  # a sliding window shorter than the sequence
     )
 
 
+def gemma2() -> "transformers.Gemma2Config":  # soft-capped scores, sliding and global layers
+    return transformers.Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        sliding_window=4,
+        attn_logit_softcapping=5.0,
+        query_pre_attn_scalar=8,
+    )
+
+
+def gpt_oss() -> "transformers.GptOssConfig":  # attention sinks, sliding and full layers
+    return transformers.GptOssConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_hidden_layers=2,
+        intermediate_size=32,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        max_position_embeddings=32,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+
+
 def t5() -> T5Config:  # relative position bias added to the scores
     return T5Config(
         vocab_size=VOCAB,
@@ -145,8 +184,16 @@ def t5() -> T5Config:  # relative position bias added to the scores
     )
 
 
-CONFIGS = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": mistral, "t5": t5}
-CAUSAL = {"gpt2", "llama", "mistral"}
+CONFIGS = {
+    "bert": bert,
+    "gpt2": gpt2,
+    "llama": llama,
+    "mistral": mistral,
+    "t5": t5,
+    "gemma2": gemma2,
+    "gpt_oss": gpt_oss,
+}
+CAUSAL = {"gpt2", "llama", "mistral", "gemma2", "gpt_oss"}
 
 
 def build(name: str, implementation: str = "eager") -> torch.nn.Module:
@@ -184,17 +231,25 @@ def run(model: torch.nn.Module, input_ids, attention_mask, **kwargs):
 def compared_queries(
     name: str, padding: str, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
-    """bool [B, N]: the query positions where attnlens and eager must agree (all but the left
-    padding of a causal model, whose rows have nothing to attend to)."""
-    if name in CAUSAL and padding == "left":
+    """bool [B, N]: the query positions where attnlens and eager must agree: all but the left
+    padding of a causal model, whose rows have nothing to attend to, and the padding of a model
+    with a sliding window, whose padded rows past the window see nothing either."""
+    windowed = name in ("mistral", "gemma2", "gpt_oss")
+    if attention_mask is not None and ((name in CAUSAL and padding == "left") or (windowed and padding != "none")):
         return attention_mask.bool()
     return torch.ones_like(input_ids, dtype=torch.bool)
 
 
 def check_pair(
-    what: str, actual: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor, atol: float, measured: Dict[str, float]
+    what: str,
+    actual: torch.Tensor,
+    eager: torch.Tensor,
+    exact: Optional[torch.Tensor],
+    atol: float,
+    measured: Dict[str, float],
 ) -> None:
-    assert_rule(what, actual, exact, eager)
+    if exact is not None:  # (a model that cannot run in float64 has no exact twin)
+        assert_rule(what, actual, exact, eager)
     error = max_error(actual, eager)
     measured[what] = max(measured.get(what, 0.0), error)
     assert error <= atol, f"{what}: attnlens vs eager {error:.3g} > {atol}; {describe_worst(actual, eager)}"
@@ -210,6 +265,8 @@ PARITY_CASES = [
     ("llama", "left"),
     ("llama", "packed"),
     ("mistral", "left"),
+    ("gemma2", "right"),
+    ("gpt_oss", "left"),
     ("t5", "right"),
 ]
 
@@ -226,7 +283,8 @@ def packed_batch(seqlen: int = 9):
 def test_outputs_and_attentions_match_eager(name, padding, calls):
     eager = build(name)
     lens = twin(eager, "attnlens")
-    exact = twin(eager, ORACLE, torch.float64)
+    # gpt-oss's experts take float32/16-bit matrices only (torch's grouped matmul): no float64 twin
+    exact = None if name == "gpt_oss" else twin(eager, ORACLE, torch.float64)
     if padding == "packed":
         input_ids, extra = packed_batch()
         attention_mask = None
@@ -235,7 +293,7 @@ def test_outputs_and_attentions_match_eager(name, padding, calls):
 
     got = run(lens, input_ids, attention_mask, output_attentions=True, **extra)
     expected = run(eager, input_ids, attention_mask, output_attentions=True, **extra)
-    exact_out = run(exact, input_ids, attention_mask, output_attentions=True, **extra)
+    exact_out = run(exact, input_ids, attention_mask, output_attentions=True, **extra) if exact else None
 
     layers = eager.config.num_layers if name == "t5" else eager.config.num_hidden_layers
     assert len(calls) == layers and all(call.backend == "kernels" for call in calls), calls
@@ -246,23 +304,29 @@ def test_outputs_and_attentions_match_eager(name, padding, calls):
         "hidden states",
         got.last_hidden_state[queries],
         expected.last_hidden_state[queries],
-        exact_out.last_hidden_state[queries],
+        exact_out.last_hidden_state[queries] if exact_out else None,
         HIDDEN_ATOL,
         measured,
     )
     assert len(got.attentions) == len(expected.attentions) == layers
+    exact_attentions = exact_out.attentions if exact_out else [None] * layers
     for layer, (weights, eager_weights, exact_weights) in enumerate(
-        zip(got.attentions, expected.attentions, exact_out.attentions)
+        zip(got.attentions, expected.attentions, exact_attentions)
     ):
         assert weights.shape == eager_weights.shape
         rows = queries[:, None, :].expand(weights.shape[:3])
-        check_pair(
-            f"layer {layer} weights", weights[rows], eager_weights[rows], exact_weights[rows], WEIGHTS_ATOL, measured
-        )
-        # A query with nothing to attend to gets weights 0, not eager's uniform row.
-        assert torch.equal(weights[~rows], torch.zeros_like(weights[~rows]))
+        exact_rows = None if exact_weights is None else exact_weights[rows]
+        check_pair(f"layer {layer} weights", weights[rows], eager_weights[rows], exact_rows, WEIGHTS_ATOL, measured)
+        # A query with nothing to attend to gets weights 0, not eager's uniform row; the other
+        # rows left out (padding that still sees a token) are probabilities.
+        sums = weights[~rows].sum(-1)
+        assert torch.all((sums == 0) | ((sums - 1).abs() < 1e-5)), sums
     if padding == "packed":  # the second sequence never attends to the first
         assert all(float(weights[:, :, 4:, :4].abs().max()) == 0.0 for weights in got.attentions)
+    if name == "gemma2":  # every layer soft-caps its scores
+        assert all(call.softcap == eager.config.attn_logit_softcapping for call in calls)
+    if name == "gpt_oss":  # every layer has its sinks
+        assert all(call.sinks is not None and call.sinks.shape == (eager.config.num_attention_heads,) for call in calls)
     if name == "mistral":  # nothing outside the window: query i sees keys i - window + 1 .. i
         seqlen, window = input_ids.shape[1], eager.config.sliding_window
         outside = torch.ones(seqlen, seqlen, dtype=torch.bool, device=DEVICE).tril(-window)
@@ -303,12 +367,13 @@ def test_without_output_attentions_no_weights_are_computed(calls):
         ("bert", "none", dict(dense=False, padding=False, is_causal=False)),
         ("llama", "left", dict(dense=False, padding=True, is_causal=True)),
         ("llama", "none", dict(dense=False, padding=False, is_causal=True)),
-        ("mistral", "none", dict(dense=True, padding=False, is_causal=False)),  # the window needs the mask
+        ("mistral", "none", dict(dense=False, padding=False, is_causal=True, window=(3, 0))),
+        ("mistral", "left", dict(dense=False, padding=True, is_causal=True, window=(3, 0))),
     ],
 )
-def test_masks_reach_the_kernels_as_padding_and_causal_flags(name, padding, expect, calls):
-    """Padding and causality arrive as key_padding_mask and is_causal, which let the kernels skip
-    masked key blocks; only patterns they cannot express (a sliding window) arrive as a dense mask."""
+def test_masks_reach_the_kernels_as_padding_causal_and_window_flags(name, padding, expect, calls):
+    """Padding, causality and sliding windows arrive as key_padding_mask, is_causal and window,
+    which let the kernels skip masked key blocks, not as a dense mask."""
     lens = twin(build(name), "attnlens")
     input_ids, attention_mask = padded_batch(padding)
     run(lens, input_ids, attention_mask)
@@ -316,6 +381,7 @@ def test_masks_reach_the_kernels_as_padding_and_causal_flags(name, padding, expe
         assert (call.attn_mask is not None) == expect["dense"]
         assert (call.key_padding_mask is not None) == expect["padding"]
         assert call.is_causal == expect["is_causal"] and call.causal_alignment == "top_left"
+        assert call.window == expect.get("window")
         if call.key_padding_mask is not None:
             assert torch.equal(call.key_padding_mask, attention_mask == 0)
 
@@ -393,18 +459,10 @@ class _Layer(torch.nn.Module):
     is_causal = True
 
 
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (dict(softcap=30.0), "soft-capping"),
-        (dict(s_aux=torch.zeros(2)), "sinks"),
-        (dict(sliding_window=2), "sliding_window"),
-    ],
-)
-def test_unsupported_features_raise(kwargs, message):
+def test_a_sliding_window_without_its_mask_raises():
     query = torch.randn(1, 2, 4, 8, device=DEVICE)
-    with pytest.raises(NotImplementedError, match=message):
-        hf.attention_function(_Layer(), query, query, query, None, **kwargs)
+    with pytest.raises(NotImplementedError, match="sliding_window"):
+        hf.attention_function(_Layer(), query, query, query, None, sliding_window=2)
 
 
 def test_head_mask_is_ignored_as_eager_ignores_it(calls):
@@ -439,14 +497,6 @@ def test_head_mask_raises_where_the_model_applies_it():
     # without a head mask the same layer runs
     out, _ = hf.attention_function(_Layer(), query, query, query, None)
     assert out.shape == (1, 4, 2, 8)
-
-
-def test_attention_sinks_on_the_module_raise():
-    layer = _Layer()
-    layer.sinks = torch.nn.Parameter(torch.zeros(2))
-    query = torch.randn(1, 2, 4, 8, device=DEVICE)
-    with pytest.raises(NotImplementedError, match="sinks"):
-        hf.attention_function(layer, query, query, query, None)
 
 
 # The kernels fold log2(e) into the scores, clamping the float32 minimum first so that it stays
@@ -487,22 +537,6 @@ REFUSED = {
             vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]
         ),
         "GPTNeoSelfAttention",
-    ),
-    "gemma2": (
-        lambda: transformers.Gemma2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            intermediate_size=64,
-        ),
-        "attn_logit_softcapping=50.0",
-    ),
-    "llama_wide_heads": (
-        lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=1, head_dim=512),
-        "512 dimensions",
     ),
 }
 

@@ -45,11 +45,12 @@ _LAYOUT_ATTRIBUTE = "_attnlens_layout"
 
 @dataclasses.dataclass(frozen=True)
 class _MaskLayout:
-    """A boolean ``[B, 1, Nq, Nk]`` mask that equals ``causal(alignment) & ~key_padding_mask``.
+    """A boolean ``[B, 1, Nq, Nk]`` mask that equals ``causal(alignment) & window & ~key_padding_mask``.
 
     ``key_padding_mask`` is bool ``[B, Nk]``, True = padding, or None when the model passed no
     padding mask; ``is_causal`` False means the mask is the key padding alone (every query row the
-    same).
+    same); ``window`` is ``(left, right)`` as ``attnlens.scaled_dot_product_attention`` takes it
+    (a sliding-window layer's ``(sliding_window - 1, 0)``), or None.
     """
 
     key_padding_mask: Optional[torch.Tensor]
@@ -57,6 +58,7 @@ class _MaskLayout:
     causal_alignment: str
     seqlen_q: int
     seqlen_k: int
+    window: Optional[Tuple[int, int]] = None
 
 
 def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_MaskLayout]:
@@ -77,23 +79,36 @@ def _layout_of_new_mask(mask: torch.Tensor, mask_kwargs: dict) -> Optional[_Mask
     if bidirectional_mask_function is not None and mask_function is bidirectional_mask_function:
         # Padding only: every query row is the same row of kept keys.
         return _MaskLayout(~mask[:, 0, 0, :] if padded else None, False, "top_left", seqlen_q, seqlen_k)
+    local_size = mask_kwargs.get("local_size")
+    if mask_function is not causal_mask_function and not isinstance(local_size, int):
+        return None  # chunks, packed sequences, custom overlays: dense
+    # transformers >= 5 names the positions of the first query and key; older versions pass a
+    # cache_position tensor instead, which would need a device sync to read.
+    q_offset, kv_offset = mask_kwargs.get("q_offset"), mask_kwargs.get("kv_offset", 0)
+    if not isinstance(q_offset, int) or not isinstance(kv_offset, int):
+        return None
+    offset = q_offset - kv_offset  # key j is visible to query i iff j <= i + offset
+    if offset == 0:
+        alignment = "top_left"
+    elif offset == seqlen_k - seqlen_q:
+        alignment = "bottom_right"
+    else:  # e.g. a static cache longer than what has been seen: keep the dense mask
+        return None
     if mask_function is causal_mask_function:
-        # transformers >= 5 names the positions of the first query and key; older versions pass a
-        # cache_position tensor instead, which would need a device sync to read.
-        q_offset, kv_offset = mask_kwargs.get("q_offset"), mask_kwargs.get("kv_offset", 0)
-        if not isinstance(q_offset, int) or not isinstance(kv_offset, int):
-            return None
-        offset = q_offset - kv_offset  # key j is visible to query i iff j <= i + offset
-        if offset == 0:
-            alignment = "top_left"
-        elif offset == seqlen_k - seqlen_q:
-            alignment = "bottom_right"
-        else:  # e.g. a static cache longer than what has been seen: keep the dense mask
-            return None
         # The last query sees every key that any query sees (causality only grows with i), so
         # its row is exactly the keys padding leaves; causal & that row rebuilds the whole mask.
         return _MaskLayout(~mask[:, 0, -1, :] if padded else None, True, alignment, seqlen_q, seqlen_k)
-    return None  # sliding windows, chunks, packed sequences, custom overlays: dense
+    # A sliding-window causal mask (create_sliding_window_causal_mask tells sdpa_mask its window as
+    # local_size: key j visible iff i - local_size < j <= i). Its mask function may carry other
+    # overlays too, so the pattern is checked against the mask itself before it replaces it.
+    window = (local_size - 1, 0)
+    keep = mask[:, 0].any(dim=1)  # [B, Nk]: the keys some query sees
+    rows = torch.arange(seqlen_q, device=mask.device)[:, None] + offset
+    cols = torch.arange(seqlen_k, device=mask.device)[None, :]
+    pattern = (cols <= rows) & (cols >= rows - window[0])
+    if not torch.equal(mask[:, 0], pattern[None] & keep[:, None, :]):
+        return None
+    return _MaskLayout(None if bool(keep.all()) else ~keep, True, alignment, seqlen_q, seqlen_k, window)
 
 
 def attention_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
@@ -106,10 +121,11 @@ def attention_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
 
     Unlike ``"sdpa"`` it never returns None for "the layer's ``is_causal`` flag suffices": some
     models build a causal mask for layers whose flag says otherwise (NLLB-MoE's decoder), and
-    ``"sdpa"`` then silently drops causality. The mask states the pattern; for padding-only and
-    causal-plus-padding masks the pattern is also noted on the returned tensor, so that
-    ``attention_function`` hands the kernels ``key_padding_mask``/``is_causal`` (which let them skip
-    masked key blocks) instead of the dense mask.
+    ``"sdpa"`` then silently drops causality. The mask states the pattern; for padding-only,
+    causal-plus-padding and sliding-window masks (the last checked against the mask itself) the
+    pattern is also noted on the returned tensor, so that ``attention_function`` hands the kernels
+    ``key_padding_mask``/``is_causal``/``window`` (which let them skip masked key blocks) instead
+    of the dense mask.
     """
     note_mask_built()
     if not args:
@@ -128,17 +144,6 @@ def attention_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
 def _unsupported(module: torch.nn.Module, kwargs: dict) -> None:
     """Raise for the features of eager attention that attnlens does not compute, rather than
     quietly returning something else."""
-    if kwargs.get("softcap") is not None:
-        raise NotImplementedError(
-            f"attn_implementation={NAME!r} does not support logit soft-capping (softcap="
-            f"{kwargs['softcap']}); use attn_implementation='eager' for this model"
-        )
-    sinks = kwargs.get("s_aux", kwargs.get("sinks"))
-    if sinks is not None or isinstance(getattr(module, "sinks", None), torch.Tensor):
-        raise NotImplementedError(
-            f"attn_implementation={NAME!r} does not support attention sinks; use "
-            f"attn_implementation='eager' for this model"
-        )
     if kwargs.get("head_mask") is not None and _eager_reads_head_mask(type(module).__module__):
         raise NotImplementedError(
             f"attn_implementation={NAME!r} does not support head_mask; use attn_implementation='eager' to mask heads"
@@ -166,6 +171,19 @@ def _eager_reads_head_mask(module_name: str) -> bool:
     return "head_mask" in source
 
 
+@functools.lru_cache(maxsize=None)
+def _weights_exclude_sink(module_name: str) -> bool:
+    """Whether a model's eager attention applies its sinks after the softmax, as a sigmoid scale on
+    the output (Granite-SWA), so that the weights it returns are normalised over the real keys
+    alone; most sink models (gpt-oss) return the weights of the softmax that includes the sink."""
+    eager = getattr(sys.modules.get(module_name), "eager_attention_forward", None)
+    try:
+        source = inspect.getsource(eager) if eager is not None else ""
+    except (OSError, TypeError):
+        return False
+    return "sinks" in source and ".sigmoid(" in source
+
+
 def _weights_requested(kwargs: dict) -> bool:
     """Whether this forward call wants attention weights.
 
@@ -185,17 +203,17 @@ def _weights_requested(kwargs: dict) -> bool:
 
 def _resolve_mask(
     mask: Optional[torch.Tensor], causal: bool, batch: int, seqlen_q: int, seqlen_k: int
-) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, str]:
-    """``(attn_mask, key_padding_mask, is_causal, causal_alignment)`` for the kernels, from the
-    mask a model passes its attention layers and the layer's causality."""
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, str, Optional[Tuple[int, int]]]:
+    """``(attn_mask, key_padding_mask, is_causal, causal_alignment, window)`` for the kernels,
+    from the mask a model passes its attention layers and the layer's causality."""
     if mask is None:
         # As "sdpa": with no mask, a causal layer is top-left causal (a prefill, or a static cache
         # whose unwritten tail only the top-left alignment hides), and one query (decoding) sees
         # every key it was given.
-        return None, None, causal and seqlen_q > 1, "top_left"
+        return None, None, causal and seqlen_q > 1, "top_left", None
     layout = None if compiling() else getattr(mask, _LAYOUT_ATTRIBUTE, None)
     if layout is not None and (layout.seqlen_q, layout.seqlen_k) == (seqlen_q, seqlen_k):
-        return None, layout.key_padding_mask, layout.is_causal, layout.causal_alignment
+        return None, layout.key_padding_mask, layout.is_causal, layout.causal_alignment, layout.window
     if (
         mask.dtype == torch.bool
         and mask.dim() == 4
@@ -206,8 +224,8 @@ def _resolve_mask(
         # The same row for every query and head (single-query decoding, or a broadcast padding
         # mask): that row is a key padding mask, which lets the kernels skip padded key blocks.
         keep = mask[:, 0, 0, :]
-        return None, ~keep.expand(batch, seqlen_k), False, "top_left"
-    return mask, None, False, "top_left"
+        return None, ~keep.expand(batch, seqlen_k), False, "top_left", None
+    return mask, None, False, "top_left", None
 
 
 def attention_function(
@@ -229,8 +247,11 @@ def attention_function(
     (added to the scores) broadcastable to ``[B, Hq, Nq, Nk]``, ``dropout`` (applied only while
     ``module.training``), ``scaling`` (None: ``1/sqrt(D)``), ``is_causal`` (None: ``module.is_causal``,
     default True; used, as by "sdpa", only when there is no mask, since a mask already carries
-    causality). ``position_bias`` (T5-style relative bias) is added to the scores. ``sliding_window``
-    is applied through the mask transformers builds.
+    causality). ``position_bias`` (T5-style relative bias) is added to the scores. ``softcap``
+    (Gemma 2) soft-caps the scores and ``s_aux`` / ``sinks`` (gpt-oss) are attention sinks, both
+    computed by the kernels. ``sliding_window`` is applied through the mask transformers builds,
+    which ``attention_mask`` recognises and hands on as a window: key blocks outside it are
+    skipped.
 
     Returns ``(attn_output [B, Nq, Hq, Dv], attn_weights [B, Hq, Nq, Nk] or None)``: weights only when
     the call asked for them (``output_attentions=True``). A query row with nothing to attend to gives
@@ -239,15 +260,15 @@ def attention_function(
     ``head_mask`` is ignored where the model's own eager code ignores it (every model in
     transformers 5) and refused where that code applies it (transformers 4.x).
 
-    Raises ``NotImplementedError`` for soft-capping, attention sinks, head masks a model applies,
-    and paged caches.
+    Raises ``NotImplementedError`` for head masks a model applies and paged caches.
     """
     note_attention_ran()
     _unsupported(module, kwargs)
     batch, heads_q, seqlen_q, _ = query.shape
     seqlen_k = key.shape[2]
     causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", True))
-    attn_mask, key_padding_mask, causal, alignment = _resolve_mask(attention_mask, causal, batch, seqlen_q, seqlen_k)
+    resolved = _resolve_mask(attention_mask, causal, batch, seqlen_q, seqlen_k)
+    attn_mask, key_padding_mask, causal, alignment, window = resolved
 
     sliding_window = kwargs.get("sliding_window")
     if sliding_window is not None and attention_mask is None and causal and seqlen_k > sliding_window:
@@ -275,6 +296,11 @@ def attention_function(
 
     training = getattr(module, "training", True)
     return_weights = _weights_requested(kwargs)
+    sinks = kwargs.get("s_aux", kwargs.get("sinks"))
+    if isinstance(sinks, torch.Tensor) and sinks.dim() == 4 and sinks.shape[-1] == 1:
+        sinks = sinks[..., 0]  # per-token sinks as a logit column [B, H, Nq, 1] (Inkling 2)
+    # Models that scale the output by the sink's complement return weights normalised without it.
+    renormalise = sinks is not None and bool(return_weights) and _weights_exclude_sink(type(module).__module__)
     result = scaled_dot_product_attention(
         query,
         key,
@@ -287,8 +313,17 @@ def attention_function(
         key_padding_mask=key_padding_mask,
         causal_alignment=alignment,
         return_weights=return_weights,
+        softcap=kwargs.get("softcap"),
+        sinks=sinks,
+        window=window,
+        return_sink_share=renormalise,
     )
-    out, weights = result if return_weights else (result, None)
+    if renormalise:
+        out, weights, share = result
+        rest = 1.0 - share  # the real keys' share; 0 only for a row with nothing to attend to
+        weights = weights / torch.where(rest > 0, rest, torch.ones_like(rest))[..., None]
+    else:
+        out, weights = result if return_weights else (result, None)
     # transformers expects [B, Nq, H, Dv]; the kernels write the output in the query's layout, which
     # for a model's transposed projections makes this transpose contiguous already (no copy).
     return out.transpose(1, 2).contiguous(), weights

@@ -16,12 +16,11 @@ import functools
 import inspect
 import re
 import sys
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 from transformers import PreTrainedModel
 
-from attnlens._inputs import MAX_HEAD_DIM
 from attnlens.integrations.huggingface._guard import NAME, attach
 
 __all__ = ["unsupported_reason", "attention_outside_interface", "install_load_checks"]
@@ -35,12 +34,9 @@ _INTERFACE = "ALL_ATTENTION_FUNCTIONS"
 # What an attention module that computes attention itself calls.
 _OWN_ATTENTION = re.compile(r"\bsoftmax\(|\bscaled_dot_product_attention\(")
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
-# Learned per-head sink logits that join every softmax row (gpt-oss), handed to the attention
-# function as a keyword.
-_SINKS = re.compile(r"\b(?:s_aux|sinks)=(?!=)")
-# Config fields that turn on tanh soft-capping of the attention scores (Gemma 2, ...); the
-# final-logit soft-capping of a language-model head is outside attention and does not matter.
-_SOFTCAP_FIELDS = ("attn_logit_softcapping", "softcap")
+# An attention module that appends entries of its own to the mask it was given (DeepSeek-V4 casts a
+# float bias to the mask's dtype and concatenates it): a boolean "True = attend" mask cannot carry them.
+_EXTENDS_MASK = re.compile(r"torch\.cat\(\s*\[\s*attention_mask\b")
 _ALTERNATIVE = "use attn_implementation='eager' for this model (with output_attentions=True it returns the weights too)"
 _PATCHED = "_attnlens_load_check"
 
@@ -136,40 +132,6 @@ def attention_outside_interface(model_class: type) -> List[str]:
     ]
 
 
-def _configs(config: Any) -> Iterator[Any]:
-    """``config`` and every sub-config inside it (text, vision, audio, encoder, decoder..., and the
-    per-layer configs of a model whose layers differ)."""
-    seen = set()
-    pending = [config]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for key in getattr(current, "sub_configs", None) or {}:
-            pending.append(getattr(current, key, None))
-        if getattr(current, "is_heterogeneous", False):  # layers that override global fields
-            pending.extend(current.per_layer_config)
-
-
-def _head_dims(config: Any) -> Iterator[Tuple[str, int]]:
-    """Every attention head dimension a config names (``head_dim``, ``global_head_dim``, ...), or
-    ``hidden_size // num_attention_heads`` where it names none."""
-    fields = vars(config)
-    if not any(isinstance(fields.get(key), int) for key in ("num_attention_heads", "num_heads", "n_head", "n_heads")):
-        return  # no attention here (a composite config's own "head_dim" may mean something else)
-    named = [
-        (key, value)
-        for key, value in fields.items()
-        if key.endswith("head_dim") and isinstance(value, int) and not isinstance(value, bool)
-    ]
-    yield from named
-    hidden, heads = fields.get("hidden_size"), fields.get("num_attention_heads")
-    if not named and isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
-        yield "hidden_size / num_attention_heads", hidden // heads
-
-
 def unsupported_reason(model_class: Type[torch.nn.Module], config: Any = None) -> Optional[str]:
     """Why attnlens cannot run ``model_class`` (with ``config``, when given), or None if it can.
 
@@ -180,12 +142,14 @@ def unsupported_reason(model_class: Type[torch.nn.Module], config: Any = None) -
       builds an attention module computing attention in its own code (BigBird-Pegasus's encoder,
       Pegasus-X's global-local attention, SAM's vision encoder): attnlens would not run there, and
       such layers misread the mask attnlens builds;
-    - attention sinks (gpt-oss): learned logits that join every softmax row;
-    - attention-score soft-capping switched on in the config (``attn_logit_softcapping``, Gemma 2);
-    - a head dimension above attnlens's limit (``attnlens`` supports 1 to 256).
+    - a model whose attention layers extend the mask they are given with entries of their own in
+      the mask's dtype (DeepSeek-V4), which a boolean mask cannot carry.
 
-    A model whose source cannot be read (defined in a notebook) is only checked by its config;
-    the run-time guard still catches layers that bypass attnlens.
+    (Soft-capped scores, attention sinks, sliding windows and head dims above what the kernels
+    compile all run: the attention function passes them on.) ``config`` is accepted for callers
+    that have one; the decision rests on the modeling code. A model whose source cannot be read
+    (defined in a notebook) is not refused here; the run-time guard still catches layers that
+    bypass attnlens.
     """
     source = _module_source(model_class.__module__)
     if source is not None:
@@ -197,24 +161,15 @@ def unsupported_reason(model_class: Type[torch.nn.Module], config: Any = None) -
                 f"transformers' AttentionInterface, so attnlens would not run there and those layers would "
                 f"misread the mask attnlens builds"
             )
-        if any(_SINKS.search(_class_source(cls)) for cls in _reachable_modules(model_class)):
+        extending = sorted(
+            cls.__name__ for cls in _reachable_modules(model_class) if _EXTENDS_MASK.search(_class_source(cls))
+        )
+        if extending:
             return (
-                "it uses attention sinks (learned logits added to every softmax row), which attnlens does not compute"
+                f"its attention layers ({', '.join(extending[:3])}) extend the attention mask with entries of "
+                f"their own, cast to the mask's dtype, which the boolean mask attnlens builds (True = attend) "
+                f"cannot carry"
             )
-    if config is not None:
-        for sub in _configs(config):
-            for field in _SOFTCAP_FIELDS:
-                value = getattr(sub, field, None)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    return (
-                        f"its config soft-caps the attention scores ({field}={value}), which attnlens does not compute"
-                    )
-            for field, head_dim in _head_dims(sub):
-                if head_dim > MAX_HEAD_DIM:
-                    return (
-                        f"its attention heads have {head_dim} dimensions ({field}), above attnlens's limit "
-                        f"of {MAX_HEAD_DIM}"
-                    )
     return None
 
 
