@@ -1,0 +1,655 @@
+"""attnlens's CPU path, the ``"torch"`` backend: exact attention from PyTorch operations, with no
+``N x N`` buffer unless the weights are asked for.
+
+CPU tensors take this path unless Triton's interpreter is on, and so does any device the kernels
+do not run on. Its semantics are ``attnlens.reference``'s (the tests hold it to the float64
+oracle); fp16 and bf16 are computed in fp32 and rounded once. Two roads:
+
+* **fused**: torch's flash-attention CPU kernel (``aten::_scaled_dot_product_flash_attention_for_cpu``,
+  what ``F.scaled_dot_product_attention`` runs on a CPU), wherever it computes exactly what
+  attnlens does: no weights, no dropout, equal head dims, no causality or top-left causality, and
+  masks that make one small additive mask without an ``Nq x Nk`` copy (key padding, a float
+  ``attn_mask`` as given, a bool mask that does not vary along the queries). Checked on torch
+  2.13: a row with nothing to attend to gets output 0 and gradients 0; GQA without repeating the
+  keys; -inf and huge finite biases as attnlens reads them; fp16/bf16 accumulated in fp32.
+* **blocked**: :class:`_BlockedAttention`, a ``torch.autograd.Function`` for the rest (weights,
+  dropout, bottom-right causality, bool masks that vary along the queries, masks combined with
+  one another). Query rows go in blocks of ``block_rows`` rows across all heads; each block takes
+  the keys it can see (causality and key padding trim the key range, so masked key blocks are
+  never computed), computes its scores with one matrix product, applies the masks, softmaxes the
+  whole row at once (no online rescaling) and multiplies by the values. The weights are written
+  once, straight into the result (per head), or summed over the heads of the block before they
+  are written (``"mean"``: per-head weights never exist). The backward recomputes each block's
+  probabilities from ``q`` and ``k`` (nothing ``N x N`` is saved) and needs no memory beyond a few
+  blocks and the caller's weight gradient.
+
+Dropout: a call draws a seed from torch's generator (as the kernels do), and each query block
+draws ``torch.rand([B, Hq, rows, Nk])`` from a generator seeded with it, whatever the masks; the
+backward replays the same draws. :func:`dropout_keep_mask` replays them for
+``attnlens.dropout_mask``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+
+from attnlens._inputs import Prepared
+
+__all__ = ["attention", "block_rows", "dropout_keep_mask", "fused_eligible"]
+
+# Rows per query block: the block's scores over all heads (and its dropout draw) hold about this
+# many elements, and never fewer rows than _MIN_BLOCK_ROWS.
+BLOCK_ELEMENTS = 1 << 21
+_MIN_BLOCK_ROWS = 16
+# A block larger than this (in elements) is computed one head at a time, so that the scores a
+# head's softmax and second product read stay in the core's cache; smaller blocks go in one call
+# per operation for all heads, which costs fewer Python-level operations.
+HEAD_LOOP_ELEMENTS = 1 << 18
+
+_NEG_INF = float("-inf")
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def block_rows(batch_heads: int, seqlen_q: int, seqlen_k: int) -> int:
+    """Query rows per block for ``batch_heads = B * Hq`` heads and ``seqlen_k`` keys. A function of
+    the shape alone: the dropout draws follow the blocks, and ``dropout_keep_mask`` replays them."""
+    rows = BLOCK_ELEMENTS // max(1, batch_heads * seqlen_k)
+    return max(1, min(seqlen_q, max(_MIN_BLOCK_ROWS, rows)))
+
+
+def _row_blocks(seqlen_q: int, rows: int) -> Iterator[Tuple[int, int]]:
+    for start in range(0, seqlen_q, rows):
+        yield start, min(seqlen_q, start + rows)
+
+
+def _dropout_generator(seed: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _draw_seed() -> int:
+    """A seed from torch's default generator, so ``torch.manual_seed`` reproduces dropout."""
+    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
+
+
+def _dropped(generator: torch.Generator, shape, dropout_p: float, device: torch.device) -> torch.Tensor:
+    """Bool ``shape``, True = dropped: one query block's draw."""
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32) < dropout_p
+
+
+def dropout_keep_mask(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """The keep pattern (bool ``[B, Hq, Nq, Nk]``, True = kept) that a call on this path with these
+    4-D ``query`` and ``key`` makes when it starts from torch's generator in its current state."""
+    batch, heads, seqlen_q, _ = query.shape
+    seqlen_k = key.shape[2]
+    device = query.device
+    generator = _dropout_generator(_draw_seed(), device)
+    rows = block_rows(batch * heads, seqlen_q, seqlen_k)
+    blocks = [
+        ~_dropped(generator, (batch, heads, end - start, seqlen_k), dropout_p, device)
+        for start, end in _row_blocks(seqlen_q, rows)
+    ]
+    if not blocks:
+        return torch.ones((batch, heads, seqlen_q, seqlen_k), dtype=torch.bool, device=device)
+    return torch.cat(blocks, dim=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused road: torch's flash-attention CPU kernel
+# ---------------------------------------------------------------------------------------------
+
+
+def _unbroadcast(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (a 4-D stride-0 broadcast view) with every broadcast dimension back to size 1."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and size > 1 else slice(None) for size, stride in zip(mask.shape, mask.stride())
+    )
+    return mask[index]
+
+
+def _fused_mask(p: Prepared) -> Tuple[bool, Optional[torch.Tensor]]:
+    """``(eligible, additive mask or None)``: the one float mask torch's kernel would take for the
+    call's attn_mask and key padding, if it needs no copy of ``Nq x Nk`` size."""
+    dtype = p.query.dtype
+    mask = None
+    if p.attn_mask is not None:
+        mask = _unbroadcast(p.attn_mask)
+        if mask.dtype == torch.bool:
+            if mask.shape[2] != 1:  # varies along the queries: converting it would copy Nq x Nk
+                return False, None
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, _NEG_INF)
+        else:
+            # The kernel takes a mask of the query's dtype, or fp32 with fp16/bf16 queries (it adds
+            # the mask in fp32 then, as the kernels do); its last dimension must be unit-stride.
+            half = dtype in (torch.float16, torch.bfloat16)
+            if mask.dtype != dtype and not (half and mask.dtype == torch.float32):
+                return False, None
+            if mask.stride(-1) != 1 and mask.shape[-1] != 1:
+                return False, None
+    if p.key_padding_mask is not None:
+        padding = torch.zeros(p.key_padding_mask.shape, dtype=dtype, device=p.query.device)
+        padding = padding.masked_fill_(p.key_padding_mask, _NEG_INF)[:, None, None, :]
+        if mask is None:
+            mask = padding
+        elif mask.shape[2] == 1:  # per-key: the sum stays [B, H or 1, 1, Nk]
+            mask = mask + padding
+        else:
+            return False, None
+    return True, mask
+
+
+def fused_eligible(p: Prepared) -> bool:
+    """Whether the call takes torch's flash-attention CPU kernel (see the module docstring)."""
+    return _fused_plan(p)[0]
+
+
+def _fused_plan(p: Prepared) -> Tuple[bool, Optional[torch.Tensor], bool]:
+    """``(eligible, mask, is_causal)`` for torch's kernel."""
+    batch, heads_q, seqlen_q, seqlen_k = p.shape
+    if (
+        p.query.device.type != "cpu"
+        or p.weights_mode != 0
+        or p.dropout_p != 0.0
+        or min(batch, heads_q, seqlen_q, seqlen_k) == 0  # torch's kernel divides by these
+        or p.key.shape[1] == 0
+        or p.value.shape[3] != p.query.shape[3]
+    ):
+        return False, None, False
+    # Causality is needed unless every query sees every key (j <= i + offset for all i, j).
+    causal = p.is_causal and p.causal_offset < seqlen_k - 1
+    if causal and p.causal_offset != 0:  # torch's kernel is top-left aligned only
+        return False, None, False
+    eligible, mask = _fused_mask(p)
+    return eligible, mask, causal
+
+
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    # torch 2.13's CPU kernel reads the last dimension as contiguous whatever its stride.
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _fused(p: Prepared, mask: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
+    out, _ = _FLASH_CPU(
+        _unit_last_stride(p.query),
+        _unit_last_stride(p.key),
+        _unit_last_stride(p.value),
+        0.0,
+        causal,
+        attn_mask=mask,
+        scale=p.scale,
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the blocked road
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Plan:
+    """One call, normalised for the block loops. Tensors in ``compute`` dtype are ``[B*Hq, N, D]``."""
+
+    batch: int
+    heads: int
+    heads_kv: int
+    seqlen_q: int
+    seqlen_k: int
+    scale: float
+    dropout_p: float
+    is_causal: bool
+    causal_offset: int
+    weights_mode: int
+    attn_mask: Optional[torch.Tensor]  # 4-D broadcast view [B, Hq, Nq, Nk]
+    key_padding_mask: Optional[torch.Tensor]  # bool [B, Nk], True = padding
+    dtype: torch.dtype  # the inputs'
+    compute: torch.dtype  # fp64 for fp64 inputs, fp32 otherwise
+    device: torch.device
+    rows: int  # query rows per block
+    key_lo: int  # keys before key_lo or from key_hi on are padding in every batch element
+    key_hi: int
+    may_empty: bool  # whether a row can have nothing to attend to
+    seed: Optional[int]
+
+    @property
+    def batch_heads(self) -> int:
+        return self.batch * self.heads
+
+    def key_range(self, start: int, end: int) -> Tuple[int, int]:
+        """The keys that rows ``start:end`` may see: padding and causality trim the range."""
+        hi = self.key_hi
+        if self.is_causal:
+            hi = min(hi, end - 1 + self.causal_offset + 1)
+        return self.key_lo, hi
+
+    def causal_block(self, start: int, end: int, key_start: int, key_end: int) -> Optional[Tuple[int, torch.Tensor]]:
+        """``(first column, bool [rows, columns])``: where causality masks keys of this block (True
+        = masked), from the first key some row of the block may not see; None if none is masked."""
+        if not self.is_causal:
+            return None
+        first = max(key_start, start + self.causal_offset + 1)
+        if first >= key_end:
+            return None
+        rows = torch.arange(start, end, device=self.device)[:, None]
+        cols = torch.arange(first, key_end, device=self.device)[None, :]
+        return first - key_start, cols > rows + self.causal_offset
+
+
+def _plan(p: Prepared) -> _Plan:
+    batch, heads, seqlen_q, seqlen_k = p.shape
+    key_lo, key_hi = 0, seqlen_k
+    padding = p.key_padding_mask
+    if padding is not None and padding.numel():
+        used = torch.nonzero(~padding.all(dim=0)).flatten()
+        if used.numel():
+            key_lo, key_hi = int(used[0]), int(used[-1]) + 1
+        else:
+            key_lo = key_hi = 0
+    may_empty = p.attn_mask is not None or padding is not None or (p.is_causal and p.causal_offset < 0) or seqlen_k == 0
+    return _Plan(
+        batch=batch,
+        heads=heads,
+        heads_kv=p.key.shape[1],
+        seqlen_q=seqlen_q,
+        seqlen_k=seqlen_k,
+        scale=p.scale,
+        dropout_p=p.dropout_p,
+        is_causal=p.is_causal,
+        causal_offset=p.causal_offset,
+        weights_mode=p.weights_mode,
+        attn_mask=p.attn_mask,
+        key_padding_mask=padding,
+        dtype=p.query.dtype,
+        compute=torch.float64 if p.query.dtype == torch.float64 else torch.float32,
+        device=p.query.device,
+        rows=block_rows(batch * heads, seqlen_q, seqlen_k),
+        key_lo=key_lo,
+        key_hi=key_hi,
+        may_empty=may_empty,
+        seed=_draw_seed() if p.dropout_p > 0.0 else None,
+    )
+
+
+def _as_heads(plan: _Plan, t: torch.Tensor, expand: bool) -> torch.Tensor:
+    """``[B, H, N, D]`` -> ``[B*Hq, N, D]`` in the compute dtype (key/value heads repeated for
+    GQA when ``expand``); a view when no conversion is needed."""
+    if t.dtype != plan.compute:
+        t = t.to(plan.compute)
+    if expand and t.shape[1] != plan.heads:
+        t = t.repeat_interleave(plan.heads // t.shape[1], dim=1)
+    return t.reshape(plan.batch_heads, t.shape[2], t.shape[3])
+
+
+class _Scratch:
+    """Contiguous buffers reused by the blocks of one call: allocated (and paged in) once, on first use."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.buffers: dict = {}
+
+    def get(self, index: int, shape) -> torch.Tensor:
+        buffer = self.buffers.get(index)
+        if buffer is None:
+            plan = self.plan
+            size = plan.batch_heads * min(plan.rows, plan.seqlen_q) * max(plan.seqlen_k, 1)
+            buffer = self.buffers[index] = torch.empty(size, dtype=plan.compute, device=plan.device)
+        return buffer[: math.prod(shape)].view(shape)
+
+
+def _softmax_(scores: torch.Tensor) -> None:
+    """Row softmax of a contiguous tensor, in place."""
+    if scores.device.type == "cpu":
+        # torch's CPU kernel reads a whole row before writing it, so out may alias a contiguous input
+        # (a non-contiguous out is written wrongly by torch 2.13: never pass one).
+        torch.softmax(scores, -1, out=scores)
+    else:
+        scores.copy_(torch.softmax(scores, dim=-1))
+
+
+def _bias(mask: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """A float mask block ready to add to ``compute`` scores. A wider mask's finite values below
+    the compute dtype's range are huge penalties, not -inf (as the reference keeps them)."""
+    if torch.finfo(mask.dtype).max > torch.finfo(compute).max:
+        lowest = torch.finfo(compute).min
+        mask = torch.where(torch.isneginf(mask), mask, mask.clamp(min=lowest)).to(compute)
+    return mask
+
+
+class _Heads:
+    """Which heads of ``[B*Hq, ...]`` one step of a block covers: all of them (``index`` None) or
+    the one head ``index`` (batch ``index // Hq``, head ``index % Hq``)."""
+
+    def __init__(self, plan: _Plan, index: Optional[int]):
+        self.plan = plan
+        self.index = index
+        if index is None:
+            self.span = slice(0, plan.batch_heads)
+            self.count = plan.batch_heads
+        else:
+            self.span = slice(index, index + 1)
+            self.count = 1
+            self.batch, self.head = divmod(index, plan.heads)
+
+    def view4(self, t: torch.Tensor) -> torch.Tensor:
+        """``[count, rows, keys]`` -> the view that lines up with this step's blocks of
+        ``[B, Hq, Nq, Nk]`` tensors: ``[B, Hq, rows, keys]``, or ``[rows, keys]`` for one head."""
+        if self.index is None:
+            return t.view(self.plan.batch, self.plan.heads, t.shape[1], t.shape[2])
+        return t[0]
+
+    def mask(self, t: Optional[torch.Tensor], rows: slice, keys: slice) -> Optional[torch.Tensor]:
+        """These heads' block of a ``[B, Hq, Nq, Nk]`` tensor (mask, weights, their gradient)."""
+        if t is None:
+            return None
+        if self.index is None:
+            return t[:, :, rows, keys]
+        return t[self.batch, self.head, rows, keys]
+
+    def padding(self, keys: slice) -> Optional[torch.Tensor]:
+        pad = self.plan.key_padding_mask
+        if pad is None:
+            return None
+        if self.index is None:
+            return pad[:, None, None, keys]
+        return pad[self.batch, keys]
+
+    def dropped(self, drop: Optional[torch.Tensor], keys: slice) -> Optional[torch.Tensor]:
+        """This step's part of the block's dropout draw ``[B, Hq, rows, Nk]``."""
+        if drop is None:
+            return None
+        if self.index is None:
+            return drop[..., keys]
+        return drop[self.batch, self.head, :, keys]
+
+
+def _head_steps(plan: _Plan, rows: int, keys: int) -> List[Optional[int]]:
+    if plan.batch_heads * rows * keys > HEAD_LOOP_ELEMENTS and plan.batch_heads > 1:
+        return list(range(plan.batch_heads))
+    return [None]
+
+
+def _probabilities(
+    plan: _Plan,
+    heads: _Heads,
+    q3: torch.Tensor,
+    k3: torch.Tensor,
+    start: int,
+    end: int,
+    key_start: int,
+    key_end: int,
+    causal: Optional[Tuple[int, torch.Tensor]],
+    out: torch.Tensor,
+) -> None:
+    """The softmax probabilities (before dropout) of rows ``start:end`` over keys
+    ``key_start:key_end`` for ``heads``, written into ``out`` (contiguous ``[count, rows, keys]``).
+    Masked keys get 0; a row with nothing to attend to gets 0 everywhere."""
+    rows, keys = slice(start, end), slice(key_start, key_end)
+    torch.baddbmm(out, q3[heads.span, rows], k3[heads.span, keys].transpose(1, 2), beta=0.0, alpha=plan.scale, out=out)
+    scores = heads.view4(out)
+    mask = heads.mask(plan.attn_mask, rows, keys)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, _NEG_INF)
+        else:
+            scores.add_(_bias(mask, plan.compute))
+    padding = heads.padding(keys)
+    if padding is not None:
+        scores.masked_fill_(padding, _NEG_INF)
+    if causal is not None:
+        first, masked = causal
+        out[..., first:].masked_fill_(masked, _NEG_INF)
+    empty = None
+    if plan.may_empty:
+        empty = out.amax(dim=-1, keepdim=True) == _NEG_INF
+    _softmax_(out)
+    if empty is not None and bool(empty.any()):
+        out.masked_fill_(empty, 0.0)
+
+
+def _drop_(plan: _Plan, heads: _Heads, probs: torch.Tensor, dropped: Optional[torch.Tensor]) -> None:
+    """Apply dropout in place: dropped probabilities to 0, the rest scaled by 1 / (1 - p)."""
+    if dropped is None:
+        return
+    heads.view4(probs).masked_fill_(dropped, 0.0)
+    probs.mul_(0.0 if plan.dropout_p >= 1.0 else 1.0 / (1.0 - plan.dropout_p))
+
+
+def _forward(
+    plan: _Plan, q3: torch.Tensor, k3: torch.Tensor, v3: torch.Tensor
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(out [B*Hq, Nq, Dv] in the compute dtype, weights or None)``."""
+    bh, seqlen_q, seqlen_k = plan.batch_heads, plan.seqlen_q, plan.seqlen_k
+    out3 = torch.empty((bh, seqlen_q, v3.shape[2]), dtype=plan.compute, device=plan.device)
+    weights = None
+    if plan.weights_mode == 1:
+        weights = torch.empty((plan.batch, plan.heads, seqlen_q, seqlen_k), dtype=plan.dtype, device=plan.device)
+    elif plan.weights_mode == 2:
+        weights = torch.empty((plan.batch, seqlen_q, seqlen_k), dtype=plan.dtype, device=plan.device)
+    scratch = _Scratch(plan)
+    generator = _dropout_generator(plan.seed, plan.device) if plan.seed is not None else None
+    mean_scale = 1.0 / plan.heads if plan.heads else 0.0
+
+    for start, end in _row_blocks(seqlen_q, plan.rows):
+        rows = slice(start, end)
+        drop = None
+        if generator is not None:
+            drop = _dropped(generator, (plan.batch, plan.heads, end - start, seqlen_k), plan.dropout_p, plan.device)
+        key_start, key_end = plan.key_range(start, end)
+        if weights is not None:  # what the block does not compute is 0
+            if key_start > 0:
+                weights[..., rows, :key_start].zero_()
+            if max(key_end, key_start) < seqlen_k:
+                weights[..., rows, max(key_end, key_start) :].zero_()
+        if key_end <= key_start:
+            out3[:, rows].zero_()
+            continue
+        keys = slice(key_start, key_end)
+        causal = plan.causal_block(start, end, key_start, key_end)
+        steps = _head_steps(plan, end - start, key_end - key_start)
+        for index in steps:
+            heads = _Heads(plan, index)
+            shape = (heads.count, end - start, key_end - key_start)
+            target = _weights_in_place(plan, heads, weights, rows, keys)
+            probs = target if target is not None else scratch.get(0, shape)
+            _probabilities(plan, heads, q3, k3, start, end, key_start, key_end, causal, probs)
+            _drop_(plan, heads, probs, heads.dropped(drop, keys))
+            if plan.weights_mode == 1 and target is None:
+                heads.mask(weights, rows, keys).copy_(heads.view4(probs))
+            elif plan.weights_mode == 2:
+                _accumulate_mean(plan, heads, probs, weights, rows, keys, scratch, mean_scale)
+            torch.bmm(probs, v3[heads.span, keys], out=out3[heads.span, rows])
+    return out3, weights
+
+
+def _weights_in_place(
+    plan: _Plan, heads: _Heads, weights: Optional[torch.Tensor], rows: slice, keys: slice
+) -> Optional[torch.Tensor]:
+    """The per-head weights' block itself as a contiguous ``[count, rows, keys]`` tensor, when the
+    probabilities can be computed right there (no copy), else None."""
+    if plan.weights_mode != 1 or weights.dtype != plan.compute:
+        return None
+    block = heads.mask(weights, rows, keys)
+    if not block.is_contiguous():
+        return None
+    return block.reshape(heads.count, block.shape[-2], block.shape[-1])
+
+
+def _accumulate_mean(
+    plan: _Plan,
+    heads: _Heads,
+    probs: torch.Tensor,
+    weights: torch.Tensor,
+    rows: slice,
+    keys: slice,
+    scratch: _Scratch,
+    mean_scale: float,
+) -> None:
+    """Add this step's probabilities to the head average of their rows, written once per batch
+    element when its last head is in."""
+    if heads.index is None:
+        total = heads.view4(probs).sum(dim=1)
+        weights[:, rows, keys].copy_(total.mul_(mean_scale))
+        return
+    total = scratch.get(1, probs.shape[1:])
+    if heads.head == 0:
+        total.copy_(probs[0])
+    else:
+        total.add_(probs[0])
+    if heads.head == plan.heads - 1:
+        weights[heads.batch, rows, keys].copy_(total.mul_(mean_scale))
+
+
+def _backward(
+    plan: _Plan,
+    q3: torch.Tensor,
+    k3: torch.Tensor,
+    v3: torch.Tensor,
+    out3: torch.Tensor,
+    dout3: Optional[torch.Tensor],
+    dweights: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` as ``[B*Hq, N, D]`` in the compute dtype, block by block from recomputed
+    probabilities. ``dout3``/``dweights`` may be None (that output took no part in the loss)."""
+    bh, seqlen_q = plan.batch_heads, plan.seqlen_q
+    dq3 = torch.empty_like(q3, dtype=plan.compute, memory_format=torch.contiguous_format)
+    dk3 = torch.zeros(k3.shape, dtype=plan.compute, device=plan.device)
+    dv3 = torch.zeros(v3.shape, dtype=plan.compute, device=plan.device)
+    # rowsum(dL/dP ∘ P) over a row = rowsum(dout ∘ out) + rowsum(dweights ∘ weights): the first
+    # part needs no N x N operand (out = P_dropped @ v).
+    delta = (dout3 * out3).sum(dim=-1, keepdim=True) if dout3 is not None else None
+    dropout = plan.seed is not None
+    scratch = _Scratch(plan)
+    generator = _dropout_generator(plan.seed, plan.device) if dropout else None
+    keep_scale = 0.0 if plan.dropout_p >= 1.0 else 1.0 / (1.0 - plan.dropout_p)
+    mean_scale = 1.0 / plan.heads if plan.heads else 0.0
+
+    for start, end in _row_blocks(seqlen_q, plan.rows):
+        rows = slice(start, end)
+        drop = None
+        if generator is not None:
+            drop = _dropped(
+                generator, (plan.batch, plan.heads, end - start, plan.seqlen_k), plan.dropout_p, plan.device
+            )
+        key_start, key_end = plan.key_range(start, end)
+        if key_end <= key_start:
+            dq3[:, rows].zero_()
+            continue
+        keys = slice(key_start, key_end)
+        causal = plan.causal_block(start, end, key_start, key_end)
+        for index in _head_steps(plan, end - start, key_end - key_start):
+            heads = _Heads(plan, index)
+            span = heads.span
+            shape = (heads.count, end - start, key_end - key_start)
+            probs = scratch.get(0, shape)
+            _probabilities(plan, heads, q3, k3, start, end, key_start, key_end, causal, probs)
+            dropped = heads.dropped(drop, keys)
+            kept = probs
+            if dropped is not None:
+                kept = scratch.get(2, shape)
+                kept.copy_(probs)
+                _drop_(plan, heads, kept, dropped)
+            # dL/dP_dropped = dout @ v^T + dweights
+            grad = scratch.get(1, shape)
+            if dout3 is not None:
+                dv3[span, keys].baddbmm_(kept.transpose(1, 2), dout3[span, rows])
+                torch.bmm(dout3[span, rows], v3[span, keys].transpose(1, 2), out=grad)
+                row_delta = delta[span, rows]
+            else:
+                grad.zero_()
+                row_delta = None
+            if dweights is not None:
+                if plan.weights_mode == 2:
+                    block = (
+                        dweights[:, None, rows, keys] if index is None else dweights[heads.batch, rows, keys]
+                    ) * mean_scale
+                else:
+                    block = heads.mask(dweights, rows, keys)
+                grad4 = heads.view4(grad)
+                grad4.add_(block)
+                extra = (block * heads.view4(kept)).sum(dim=-1, keepdim=True).reshape(heads.count, end - start, 1)
+                row_delta = extra if row_delta is None else row_delta + extra
+            if dropped is not None:  # dL/dP = dL/dP_dropped where kept, times 1 / (1 - p)
+                heads.view4(grad).masked_fill_(dropped, 0.0)
+                grad.mul_(keep_scale)
+            # dL/dS = P ∘ (dL/dP - rowsum(dL/dP ∘ P)), and rowsum(dL/dP ∘ P) = row_delta
+            if row_delta is not None:
+                grad.sub_(row_delta)
+            grad.mul_(probs)
+            torch.baddbmm(dq3[span, rows], grad, k3[span, keys], beta=0.0, alpha=plan.scale, out=dq3[span, rows])
+            dk3[span, keys].baddbmm_(grad.transpose(1, 2), q3[span, rows], alpha=plan.scale)
+    del bh
+    return dq3, dk3, dv3
+
+
+class _BlockedAttention(torch.autograd.Function):
+    """``(out, weights)`` of the blocked road; ``weights`` is an empty tensor when not asked for."""
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: _Plan):
+        q3 = _as_heads(plan, query, expand=False)
+        k3 = _as_heads(plan, key, expand=True)
+        v3 = _as_heads(plan, value, expand=True)
+        out3, weights = _forward(plan, q3, k3, v3)
+        out = out3.view(plan.batch, plan.heads, plan.seqlen_q, -1)
+        if out.dtype != plan.dtype:
+            out = out.to(plan.dtype)
+        ctx.plan = plan
+        ctx.shapes = (query.shape, key.shape, value.shape)
+        ctx.dtypes = (query.dtype, key.dtype, value.dtype)
+        ctx.save_for_backward(q3, k3, v3, out3)
+        ctx.set_materialize_grads(False)
+        if weights is None:
+            weights = out.new_empty((0,))
+            ctx.mark_non_differentiable(weights)
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, grad_out: Optional[torch.Tensor], grad_weights: Optional[torch.Tensor]):
+        plan: _Plan = ctx.plan
+        q3, k3, v3, out3 = ctx.saved_tensors
+        dout3 = None
+        if grad_out is not None:
+            dout3 = grad_out.to(plan.compute).reshape(plan.batch_heads, plan.seqlen_q, -1)
+        if plan.weights_mode == 0:
+            grad_weights = None
+        if dout3 is None and grad_weights is None:
+            return None, None, None, None
+        dq3, dk3, dv3 = _backward(plan, q3, k3, v3, out3, dout3, grad_weights)
+        (q_shape, k_shape, v_shape), (q_dtype, k_dtype, v_dtype) = ctx.shapes, ctx.dtypes
+        group = plan.heads // max(plan.heads_kv, 1)
+
+        def back(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+            t = t.view(plan.batch, plan.heads, shape[2], shape[3])
+            if group > 1:
+                t = t.view(plan.batch, plan.heads_kv, group, shape[2], shape[3]).sum(dim=2)
+            return t.to(dtype)
+
+        dq = dq3.view(q_shape).to(q_dtype)
+        return dq, back(dk3, k_shape, k_dtype), back(dv3, v_shape, v_dtype), None
+
+
+def _blocked_no_grad(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """The blocked forward without autograd's bookkeeping (nothing will need a gradient)."""
+    out3, weights = _forward(
+        plan, _as_heads(plan, query, False), _as_heads(plan, key, True), _as_heads(plan, value, True)
+    )
+    out = out3.view(plan.batch, plan.heads, plan.seqlen_q, -1)
+    return (out if out.dtype == plan.dtype else out.to(plan.dtype)), weights
+
+
+def attention(p: Prepared) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(out [B, Hq, Nq, Dv], weights or None)`` for prepared arguments: per-head weights
+    ``[B, Hq, Nq, Nk]`` or the head mean ``[B, Nq, Nk]`` as ``p.weights_mode`` asks."""
+    eligible, mask, causal = _fused_plan(p)
+    if eligible:
+        return _fused(p, mask, causal), None
+    plan = _plan(p)
+    if not (torch.is_grad_enabled() and (p.query.requires_grad or p.key.requires_grad or p.value.requires_grad)):
+        return _blocked_no_grad(plan, p.query, p.key, p.value)
+    out, weights = _BlockedAttention.apply(p.query, p.key, p.value, plan)
+    return out, (weights if p.weights_mode else None)
