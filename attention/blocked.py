@@ -162,7 +162,9 @@ def _fused_plan(p: Prepared) -> Tuple[bool, Optional[torch.Tensor], bool]:
         return False, None, False
     # Causality is needed unless every query sees every key (j <= i + offset for all i, j).
     causal = p.is_causal and p.causal_offset < seqlen_k - 1
-    if causal and p.causal_offset != 0:  # torch's kernel is top-left aligned only
+    # torch's kernel is top-left aligned only, and with a negative scale its causal rows come out
+    # NaN (torch 2.13).
+    if causal and (p.causal_offset != 0 or not p.scale > 0.0):
         return False, None, False
     eligible, mask = _fused_mask(p)
     return eligible, mask, causal
@@ -509,19 +511,15 @@ def _backward(
     q3: torch.Tensor,
     k3: torch.Tensor,
     v3: torch.Tensor,
-    out3: torch.Tensor,
     dout3: Optional[torch.Tensor],
     dweights: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` as ``[B*Hq, N, D]`` in the compute dtype, block by block from recomputed
     probabilities. ``dout3``/``dweights`` may be None (that output took no part in the loss)."""
-    bh, seqlen_q = plan.batch_heads, plan.seqlen_q
+    seqlen_q = plan.seqlen_q
     dq3 = torch.empty_like(q3, dtype=plan.compute, memory_format=torch.contiguous_format)
     dk3 = torch.zeros(k3.shape, dtype=plan.compute, device=plan.device)
     dv3 = torch.zeros(v3.shape, dtype=plan.compute, device=plan.device)
-    # rowsum(dL/dP ∘ P) over a row = rowsum(dout ∘ out) + rowsum(dweights ∘ weights): the first
-    # part needs no N x N operand (out = P_dropped @ v).
-    delta = (dout3 * out3).sum(dim=-1, keepdim=True) if dout3 is not None else None
     dropout = plan.seed is not None
     scratch = _Scratch(plan)
     generator = _dropout_generator(plan.seed, plan.device) if dropout else None
@@ -558,31 +556,25 @@ def _backward(
             if dout3 is not None:
                 dv3[span, keys].baddbmm_(kept.transpose(1, 2), dout3[span, rows])
                 torch.bmm(dout3[span, rows], v3[span, keys].transpose(1, 2), out=grad)
-                row_delta = delta[span, rows]
             else:
                 grad.zero_()
-                row_delta = None
             if dweights is not None:
                 if plan.weights_mode == 2:
-                    block = (
-                        dweights[:, None, rows, keys] if index is None else dweights[heads.batch, rows, keys]
-                    ) * mean_scale
+                    block = dweights[:, None, rows, keys] if index is None else dweights[heads.batch, rows, keys]
+                    heads.view4(grad).add_(block, alpha=mean_scale)
                 else:
-                    block = heads.mask(dweights, rows, keys)
-                grad4 = heads.view4(grad)
-                grad4.add_(block)
-                extra = (block * heads.view4(kept)).sum(dim=-1, keepdim=True).reshape(heads.count, end - start, 1)
-                row_delta = extra if row_delta is None else row_delta + extra
+                    heads.view4(grad).add_(heads.mask(dweights, rows, keys))
+            # rowsum(dL/dP ∘ P) = rowsum(dL/dP_dropped ∘ P_dropped), summed over the block's row as
+            # the reference's softmax backward does (rowsum(dout ∘ out) is the same number, from
+            # a rounded out)
+            row_delta = (grad * kept).sum(dim=-1, keepdim=True)
             if dropped is not None:  # dL/dP = dL/dP_dropped where kept, times 1 / (1 - p)
                 heads.view4(grad).masked_fill_(dropped, 0.0)
                 grad.mul_(keep_scale)
-            # dL/dS = P ∘ (dL/dP - rowsum(dL/dP ∘ P)), and rowsum(dL/dP ∘ P) = row_delta
-            if row_delta is not None:
-                grad.sub_(row_delta)
-            grad.mul_(probs)
+            # dL/dS = P ∘ (dL/dP - rowsum(dL/dP ∘ P))
+            grad.sub_(row_delta).mul_(probs)
             torch.baddbmm(dq3[span, rows], grad, k3[span, keys], beta=0.0, alpha=plan.scale, out=dq3[span, rows])
             dk3[span, keys].baddbmm_(grad.transpose(1, 2), q3[span, rows], alpha=plan.scale)
-    del bh
     return dq3, dk3, dv3
 
 
@@ -595,13 +587,13 @@ class _BlockedAttention(torch.autograd.Function):
         k3 = _as_heads(plan, key, expand=True)
         v3 = _as_heads(plan, value, expand=True)
         out3, weights = _forward(plan, q3, k3, v3)
-        out = out3.view(plan.batch, plan.heads, plan.seqlen_q, -1)
+        out = out3.view(plan.batch, plan.heads, plan.seqlen_q, out3.shape[2])
         if out.dtype != plan.dtype:
             out = out.to(plan.dtype)
         ctx.plan = plan
         ctx.shapes = (query.shape, key.shape, value.shape)
         ctx.dtypes = (query.dtype, key.dtype, value.dtype)
-        ctx.save_for_backward(q3, k3, v3, out3)
+        ctx.save_for_backward(q3, k3, v3)
         ctx.set_materialize_grads(False)
         if weights is None:
             weights = out.new_empty((0,))
@@ -611,15 +603,15 @@ class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Optional[torch.Tensor], grad_weights: Optional[torch.Tensor]):
         plan: _Plan = ctx.plan
-        q3, k3, v3, out3 = ctx.saved_tensors
+        q3, k3, v3 = ctx.saved_tensors
         dout3 = None
         if grad_out is not None:
-            dout3 = grad_out.to(plan.compute).reshape(plan.batch_heads, plan.seqlen_q, -1)
+            dout3 = grad_out.to(plan.compute).reshape(plan.batch_heads, plan.seqlen_q, grad_out.shape[-1])
         if plan.weights_mode == 0:
             grad_weights = None
         if dout3 is None and grad_weights is None:
             return None, None, None, None
-        dq3, dk3, dv3 = _backward(plan, q3, k3, v3, out3, dout3, grad_weights)
+        dq3, dk3, dv3 = _backward(plan, q3, k3, v3, dout3, grad_weights)
         (q_shape, k_shape, v_shape), (q_dtype, k_dtype, v_dtype) = ctx.shapes, ctx.dtypes
         group = plan.heads // max(plan.heads_kv, 1)
 
@@ -638,7 +630,7 @@ def _blocked_no_grad(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value:
     out3, weights = _forward(
         plan, _as_heads(plan, query, False), _as_heads(plan, key, True), _as_heads(plan, value, True)
     )
-    out = out3.view(plan.batch, plan.heads, plan.seqlen_q, -1)
+    out = out3.view(plan.batch, plan.heads, plan.seqlen_q, out3.shape[2])
     return (out if out.dtype == plan.dtype else out.to(plan.dtype)), weights
 
 
