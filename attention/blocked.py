@@ -50,6 +50,10 @@ _MIN_BLOCK_ROWS = 16
 # per operation for all heads, which costs fewer Python-level operations.
 HEAD_LOOP_ELEMENTS = 1 << 18
 
+# Problems of at most this many scores (B * Hq * Nq * Nk, and no more than one block) take
+# ``_direct``: one block of plain torch operations, differentiated by torch's autograd.
+DIRECT_ELEMENTS = 1 << 18
+
 _NEG_INF = float("-inf")
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -625,6 +629,53 @@ class _BlockedAttention(torch.autograd.Function):
         return dq, back(dk3, k_shape, k_dtype), back(dv3, v_shape, v_dtype), None
 
 
+def _direct(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """A problem of one block (``DIRECT_ELEMENTS`` scores at most) as plain torch operations on all
+    of it, differentiated by torch's autograd (which keeps the block's probabilities): the blocked
+    road's arithmetic without its per-block bookkeeping, which would cost more than the work here."""
+    q3, k3, v3 = _as_heads(plan, query, False), _as_heads(plan, key, True), _as_heads(plan, value, True)
+    batch, heads, seqlen_q, seqlen_k = plan.batch, plan.heads, plan.seqlen_q, plan.seqlen_k
+    scores = torch.baddbmm(q3.new_zeros(()), q3, k3.transpose(1, 2), beta=0.0, alpha=plan.scale)
+    scores4 = scores.view(batch, heads, seqlen_q, seqlen_k)
+    if plan.attn_mask is not None:
+        if plan.attn_mask.dtype == torch.bool:
+            scores4.masked_fill_(~plan.attn_mask, _NEG_INF)
+        else:
+            scores4.add_(_bias(plan.attn_mask, plan.compute))
+    if plan.key_padding_mask is not None:
+        scores4.masked_fill_(plan.key_padding_mask[:, None, None, :], _NEG_INF)
+    if plan.is_causal:
+        causal = plan.causal_block(0, seqlen_q, 0, seqlen_k)
+        if causal is not None:
+            scores[..., causal[0] :].masked_fill_(causal[1], _NEG_INF)
+    empty = None
+    if plan.may_empty and seqlen_k > 0:
+        empty = scores.detach().amax(dim=-1, keepdim=True) == _NEG_INF
+        if bool(empty.any()):
+            scores.masked_fill_(empty, 0.0)  # finite, so that neither softmax nor its gradient is NaN
+        else:
+            empty = None
+    probs = torch.softmax(scores, dim=-1)
+    if empty is not None:
+        probs = probs.masked_fill(empty, 0.0)
+    if plan.seed is not None:
+        generator = _dropout_generator(plan.seed, plan.device)
+        dropped = _dropped(generator, (batch, heads, seqlen_q, seqlen_k), plan.dropout_p, plan.device)
+        keep_scale = 0.0 if plan.dropout_p >= 1.0 else 1.0 / (1.0 - plan.dropout_p)
+        probs = probs.masked_fill(dropped.view(probs.shape), 0.0).mul_(keep_scale)
+    out = torch.bmm(probs, v3).view(batch, heads, seqlen_q, v3.shape[2])
+    weights = None
+    if plan.weights_mode:
+        weights = probs.view(batch, heads, seqlen_q, seqlen_k)
+        if plan.weights_mode == 2:
+            weights = weights.mean(dim=1) if heads else weights.sum(dim=1)
+        elif weights.requires_grad and weights.dtype == plan.dtype:
+            # the softmax keeps its output for the backward: the caller's weights are their own
+            weights = weights.clone()
+        weights = weights if weights.dtype == plan.dtype else weights.to(plan.dtype)
+    return (out if out.dtype == plan.dtype else out.to(plan.dtype)), weights
+
+
 def _blocked_no_grad(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
     """The blocked forward without autograd's bookkeeping (nothing will need a gradient)."""
     out3, weights = _forward(
@@ -641,6 +692,8 @@ def attention(p: Prepared) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     if eligible:
         return _fused(p, mask, causal), None
     plan = _plan(p)
+    if plan.batch_heads * plan.seqlen_q * plan.seqlen_k <= min(DIRECT_ELEMENTS, BLOCK_ELEMENTS):
+        return _direct(plan, p.query, p.key, p.value)
     if not (torch.is_grad_enabled() and (p.query.requires_grad or p.key.requires_grad or p.value.requires_grad)):
         return _blocked_no_grad(plan, p.query, p.key, p.value)
     out, weights = _BlockedAttention.apply(p.query, p.key, p.value, plan)

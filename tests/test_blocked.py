@@ -4,11 +4,12 @@ kernels are tested: flash-attn's rule (error at most 2x that of the same maths i
 memory, dropout with an imposed pattern and gradients (through the weights too) of
 tests/test_forward.py and tests/test_backward.py, in fp16, bf16, fp32 and fp64.
 
-Both roads are covered: torch's flash-attention CPU kernel (``fused``, calls it computes exactly)
-and the blocked autograd function, forced for every call with ``road="blocked"``. The blocked
-road runs with its default block sizes and with tiny ones (``layout``), so that short sequences
-already go through several query blocks, one head at a time or all heads at once, and through the
-causal and padding key trimming.
+Every road is covered: torch's flash-attention CPU kernel (``fused``, calls it computes exactly),
+forced off with ``road="blocked"``; the small problems' one block of plain torch operations
+(``_direct``, what the tests' shapes take by default); the blocked autograd function with one
+query block (``one_block``) and with tiny blocks, so that short sequences already go through
+several query blocks, one head at a time or all heads at once, and through the causal and
+padding key trimming (``row_blocks``, ``head_loop``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from helpers import _outputs_and_grads, assert_equal, assert_rule, make_qkv, poi
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 F64 = torch.float64
 
-#: block layouts of the blocked road: name -> (BLOCK_ELEMENTS, HEAD_LOOP_ELEMENTS)
+#: block layouts: name -> (BLOCK_ELEMENTS, HEAD_LOOP_ELEMENTS, DIRECT_ELEMENTS)
 LAYOUTS = {
-    "default": (blocked.BLOCK_ELEMENTS, blocked.HEAD_LOOP_ELEMENTS),
-    "row_blocks": (1 << 9, 1 << 40),  # 16-row query blocks, all heads in one call
-    "head_loop": (1 << 9, 0),  # 16-row query blocks, one head at a time
+    "default": (blocked.BLOCK_ELEMENTS, blocked.HEAD_LOOP_ELEMENTS, blocked.DIRECT_ELEMENTS),  # small: _direct
+    "one_block": (blocked.BLOCK_ELEMENTS, 1 << 40, 0),  # the autograd function, one query block
+    "row_blocks": (1 << 9, 1 << 40, 0),  # 16-row query blocks, all heads in one call
+    "head_loop": (1 << 9, 0, 0),  # 16-row query blocks, one head at a time
 }
+_KNOBS = ("BLOCK_ELEMENTS", "HEAD_LOOP_ELEMENTS", "DIRECT_ELEMENTS")
 
 
 @pytest.fixture(autouse=True)
@@ -48,14 +51,17 @@ def torch_backend():
 @contextlib.contextmanager
 def layout(name: str, road: str = "auto"):
     """Block sizes ``LAYOUTS[name]``; ``road="blocked"`` keeps every call off torch's fused kernel."""
-    saved = blocked.BLOCK_ELEMENTS, blocked.HEAD_LOOP_ELEMENTS, blocked._fused_plan
-    blocked.BLOCK_ELEMENTS, blocked.HEAD_LOOP_ELEMENTS = LAYOUTS[name]
+    saved = [getattr(blocked, knob) for knob in _KNOBS], blocked._fused_plan
+    for knob, value in zip(_KNOBS, LAYOUTS[name]):
+        setattr(blocked, knob, value)
     if road == "blocked":
         blocked._fused_plan = lambda p: (False, None, False)
     try:
         yield
     finally:
-        blocked.BLOCK_ELEMENTS, blocked.HEAD_LOOP_ELEMENTS, blocked._fused_plan = saved
+        for knob, value in zip(_KNOBS, saved[0]):
+            setattr(blocked, knob, value)
+        blocked._fused_plan = saved[1]
 
 
 def sdpa(*args, **kwargs):
@@ -197,9 +203,10 @@ def test_float_masks_of_another_dtype(dtype, mask_dtype):
 class TestRowsWithNothingToAttendTo:
     """Output 0, weights 0, gradients 0, never NaN, on both roads."""
 
-    @pytest.fixture(params=["auto", "blocked"])
+    @pytest.fixture(params=[("default", "auto"), ("default", "blocked"), ("row_blocks", "blocked")])
     def road(self, request):
-        with layout("row_blocks", request.param):
+        """torch's fused kernel where it applies, else _direct; _direct always; the blocked function."""
+        with layout(*request.param):
             yield request.param
 
     def _assert_empty_rows(self, out, weights, mean, rows):
@@ -306,9 +313,9 @@ class TestRowsWithNothingToAttendTo:
             assert (dk[rows] == 0).all() and (dv[rows] == 0).all()
 
 
-@pytest.mark.parametrize("road", ["auto", "blocked"])
+@pytest.mark.parametrize("name,road", [("default", "auto"), ("default", "blocked"), ("row_blocks", "blocked")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_poisoned_memory_is_never_read(road, dtype):
+def test_poisoned_memory_is_never_read(name, road, dtype):
     """Inputs and masks as views into NaN-filled buffers: finite results, equal to those of clean
     contiguous copies."""
     q, k, v = make_qkv(2, 3, 37, 51, 40, dtype)
@@ -319,7 +326,7 @@ def test_poisoned_memory_is_never_read(road, dtype):
         dict(attn_mask=torch.randn(2, 1, 1, 51, dtype=dtype)),
     ):
         for mode in (False, True):
-            with layout("row_blocks", road):
+            with layout(name, road):
                 clean = sdpa(q, k, v, key_padding_mask=pad, return_weights=mode, **kwargs)
                 dirty_kwargs = dict(kwargs)
                 if "attn_mask" in kwargs:
@@ -332,9 +339,9 @@ def test_poisoned_memory_is_never_read(road, dtype):
                     return_weights=mode,
                     **dirty_kwargs,
                 )
-            for name, a, b in zip(("out", "weights"), dirty if mode else (dirty,), clean if mode else (clean,)):
-                assert torch.isfinite(a).all(), f"{name} has NaN"
-                assert_equal(name, a, b)
+            for label, a, b in zip(("out", "weights"), dirty if mode else (dirty,), clean if mode else (clean,)):
+                assert torch.isfinite(a).all(), f"{label} has NaN"
+                assert_equal(label, a, b)
 
 
 def test_transposed_inputs():
@@ -365,13 +372,13 @@ def test_scaled_inputs_do_not_overflow_fp16():
     assert torch.isfinite(out).all() and torch.isfinite(weights).all()
 
 
-@pytest.mark.parametrize("road", ["auto", "blocked"])
+@pytest.mark.parametrize("name,road", [("default", "auto"), ("default", "blocked"), ("one_block", "blocked")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_torch_fp16_overflow_regression(road, dtype):
+def test_torch_fp16_overflow_regression(name, road, dtype):
     """pytorch issue 160841: q = k = v = 256 in fp16 at head dim 80 overflows a half-precision
     score (256 * 256 * 80 / sqrt(80)); computed in fp32 the answer is 256."""
     q = torch.full((1, 2, 16, 80), 256.0, dtype=dtype, requires_grad=True)
-    with layout("default", road):
+    with layout(name, road):
         out, weights = sdpa(q, q, q, return_weights=True)
         (grad,) = torch.autograd.grad(out.float().sum(), q)
         plain = sdpa(q, q, q, is_causal=True)
@@ -621,7 +628,7 @@ GRADCHECK_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", ["row_blocks", "head_loop"])
+@pytest.mark.parametrize("name", list(LAYOUTS))
 @pytest.mark.parametrize("case", list(GRADCHECK_CASES))
 def test_gradcheck(name, case):
     shape, make_kwargs = GRADCHECK_CASES[case]
@@ -645,8 +652,9 @@ def test_gradcheck_dropout(return_weights):
             return sdpa(*leaves, **kwargs)
 
     leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-    with layout("head_loop"):
-        assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+    for name in ("default", "head_loop"):
+        with layout(name):
+            assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
 
 ODD_CASES = {
@@ -685,7 +693,7 @@ ODD_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", ["default", "head_loop"])
+@pytest.mark.parametrize("name", ["default", "one_block", "head_loop"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("case", list(ODD_CASES))
 def test_low_precision_gradients(name, case, dtype):
@@ -696,13 +704,14 @@ def test_low_precision_gradients(name, case, dtype):
         check_grads(q, k, v, grad_weights=True if weights_in_loss else None, **make_kwargs(dtype))
 
 
-@pytest.mark.parametrize("name", ["row_blocks", "head_loop"])
+@pytest.mark.parametrize("name", ["default", "row_blocks", "head_loop"])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
 @pytest.mark.parametrize("padded", [False, True])
 def test_every_mask_combination_gradients(name, mask_kind, causal, padded):
-    """The blocked road's backward through several query blocks (with and without weights in the
-    loss); torch's fused backward is checked by test_low_precision_gradients and test_gradcheck."""
+    """_direct's and the blocked function's backward (several query blocks), with and without
+    weights in the loss; torch's fused backward is checked by test_low_precision_gradients and
+    test_gradcheck."""
     batch, heads, seqlen_q, seqlen_k = 2, 2, 21, 35
     q, k, v = make_qkv(batch, heads, seqlen_q, seqlen_k, 16, torch.float32)
     kwargs = dict(return_weights=True)
