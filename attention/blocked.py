@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import Iterator, List, Optional, Tuple
 
 import torch
@@ -49,10 +50,13 @@ _MIN_BLOCK_ROWS = 16
 # head's softmax and second product read stay in the core's cache; smaller blocks go in one call
 # per operation for all heads, which costs fewer Python-level operations.
 HEAD_LOOP_ELEMENTS = 1 << 18
+# Causal calls are computed in about this many query blocks (or more, of the size above), each
+# stopping at the last key its last row can see: about half of the scores are never computed.
+CAUSAL_BLOCKS = 8
 
 # Problems of at most this many scores (B * Hq * Nq * Nk, and no more than one block) take
 # ``_direct``: one block of plain torch operations, differentiated by torch's autograd.
-DIRECT_ELEMENTS = 1 << 18
+DIRECT_ELEMENTS = 1 << 19
 
 _NEG_INF = float("-inf")
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -216,7 +220,8 @@ class _Plan:
     dtype: torch.dtype  # the inputs'
     compute: torch.dtype  # fp64 for fp64 inputs, fp32 otherwise
     device: torch.device
-    rows: int  # query rows per block
+    rows: int  # query rows per block of the dropout draws
+    compute_rows: int  # query rows per block computed (fewer for causal calls)
     key_lo: int  # keys before key_lo or from key_hi on are padding in every batch element
     key_hi: int
     may_empty: bool  # whether a row can have nothing to attend to
@@ -257,6 +262,10 @@ def _plan(p: Prepared) -> _Plan:
         else:
             key_lo = key_hi = 0
     may_empty = p.attn_mask is not None or padding is not None or (p.is_causal and p.causal_offset < 0) or seqlen_k == 0
+    rows = block_rows(batch * heads, seqlen_q, seqlen_k)
+    compute_rows = rows
+    if p.is_causal:  # causal blocks stop at their diagonal: about CAUSAL_BLOCKS of them skip work
+        compute_rows = max(1, min(rows, max(_MIN_BLOCK_ROWS, -(-seqlen_q // CAUSAL_BLOCKS))))
     return _Plan(
         batch=batch,
         heads=heads,
@@ -273,7 +282,8 @@ def _plan(p: Prepared) -> _Plan:
         dtype=p.query.dtype,
         compute=torch.float64 if p.query.dtype == torch.float64 else torch.float32,
         device=p.query.device,
-        rows=block_rows(batch * heads, seqlen_q, seqlen_k),
+        rows=rows,
+        compute_rows=compute_rows,
         key_lo=key_lo,
         key_hi=key_hi,
         may_empty=may_empty,
@@ -373,6 +383,23 @@ class _Heads:
         return drop[self.batch, self.head, :, keys]
 
 
+def _blocks(plan: _Plan, generator: Optional[torch.Generator]) -> Iterator[Tuple[int, int, Optional[torch.Tensor]]]:
+    """``(start, end, dropped)`` for each query block in order: rows ``start:end`` and their part of
+    the dropout draw (bool ``[B, Hq, rows, Nk]``, True = dropped) or None.
+
+    The draws are made per ``plan.rows`` rows, a function of the shape alone (so
+    ``dropout_keep_mask`` can replay them); causal calls compute in smaller blocks inside those,
+    each of which stops at the keys its last row can see."""
+    for draw_start, draw_end in _row_blocks(plan.seqlen_q, plan.rows):
+        drop = None
+        if generator is not None:
+            shape = (plan.batch, plan.heads, draw_end - draw_start, plan.seqlen_k)
+            drop = _dropped(generator, shape, plan.dropout_p, plan.device)
+        for start in range(draw_start, draw_end, plan.compute_rows):
+            end = min(draw_end, start + plan.compute_rows)
+            yield start, end, (None if drop is None else drop[:, :, start - draw_start : end - draw_start])
+
+
 def _head_steps(plan: _Plan, rows: int, keys: int) -> List[Optional[int]]:
     if plan.batch_heads * rows * keys > HEAD_LOOP_ELEMENTS and plan.batch_heads > 1:
         return list(range(plan.batch_heads))
@@ -440,11 +467,8 @@ def _forward(
     generator = _dropout_generator(plan.seed, plan.device) if plan.seed is not None else None
     mean_scale = 1.0 / plan.heads if plan.heads else 0.0
 
-    for start, end in _row_blocks(seqlen_q, plan.rows):
+    for start, end, drop in _blocks(plan, generator):
         rows = slice(start, end)
-        drop = None
-        if generator is not None:
-            drop = _dropped(generator, (plan.batch, plan.heads, end - start, seqlen_k), plan.dropout_p, plan.device)
         key_start, key_end = plan.key_range(start, end)
         if weights is not None:  # what the block does not compute is 0
             if key_start > 0:
@@ -517,10 +541,12 @@ def _backward(
     v3: torch.Tensor,
     dout3: Optional[torch.Tensor],
     dweights: Optional[torch.Tensor],
+    saved_probs: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` as ``[B*Hq, N, D]`` in the compute dtype, block by block from recomputed
-    probabilities. ``dout3``/``dweights`` may be None (that output took no part in the loss)."""
-    seqlen_q = plan.seqlen_q
+    probabilities, or read from ``saved_probs`` (``[B*Hq, Nq, Nk]``, the forward's per-head weights
+    when they are the probabilities themselves). ``dout3``/``dweights`` may be None (that output
+    took no part in the loss)."""
     dq3 = torch.empty_like(q3, dtype=plan.compute, memory_format=torch.contiguous_format)
     dk3 = torch.zeros(k3.shape, dtype=plan.compute, device=plan.device)
     dv3 = torch.zeros(v3.shape, dtype=plan.compute, device=plan.device)
@@ -530,13 +556,8 @@ def _backward(
     keep_scale = 0.0 if plan.dropout_p >= 1.0 else 1.0 / (1.0 - plan.dropout_p)
     mean_scale = 1.0 / plan.heads if plan.heads else 0.0
 
-    for start, end in _row_blocks(seqlen_q, plan.rows):
+    for start, end, drop in _blocks(plan, generator):
         rows = slice(start, end)
-        drop = None
-        if generator is not None:
-            drop = _dropped(
-                generator, (plan.batch, plan.heads, end - start, plan.seqlen_k), plan.dropout_p, plan.device
-            )
         key_start, key_end = plan.key_range(start, end)
         if key_end <= key_start:
             dq3[:, rows].zero_()
@@ -547,8 +568,11 @@ def _backward(
             heads = _Heads(plan, index)
             span = heads.span
             shape = (heads.count, end - start, key_end - key_start)
-            probs = scratch.get(0, shape)
-            _probabilities(plan, heads, q3, k3, start, end, key_start, key_end, causal, probs)
+            if saved_probs is not None:
+                probs = saved_probs[span, rows, keys]
+            else:
+                probs = scratch.get(0, shape)
+                _probabilities(plan, heads, q3, k3, start, end, key_start, key_end, causal, probs)
             dropped = heads.dropped(drop, keys)
             kept = probs
             if dropped is not None:
@@ -599,9 +623,15 @@ class _BlockedAttention(torch.autograd.Function):
         ctx.dtypes = (query.dtype, key.dtype, value.dtype)
         ctx.save_for_backward(q3, k3, v3)
         ctx.set_materialize_grads(False)
+        ctx.weights = None
         if weights is None:
             weights = out.new_empty((0,))
             ctx.mark_non_differentiable(weights)
+        elif plan.weights_mode == 1 and weights.dtype == plan.compute and plan.seed is None:
+            # Per-head weights without dropout are the probabilities: the backward reads them
+            # instead of recomputing them, if the caller still holds them unchanged (a weak
+            # reference keeps nothing alive, and a modified tensor is simply recomputed).
+            ctx.weights = (weakref.ref(weights), weights._version)
         return out, weights
 
     @staticmethod
@@ -615,7 +645,13 @@ class _BlockedAttention(torch.autograd.Function):
             grad_weights = None
         if dout3 is None and grad_weights is None:
             return None, None, None, None
-        dq3, dk3, dv3 = _backward(plan, q3, k3, v3, dout3, grad_weights)
+        saved_probs = None
+        if ctx.weights is not None:
+            reference, version = ctx.weights
+            weights = reference()
+            if weights is not None and weights._version == version:
+                saved_probs = weights.view(plan.batch_heads, plan.seqlen_q, plan.seqlen_k)
+        dq3, dk3, dv3 = _backward(plan, q3, k3, v3, dout3, grad_weights, saved_probs)
         (q_shape, k_shape, v_shape), (q_dtype, k_dtype, v_dtype) = ctx.shapes, ctx.dtypes
         group = plan.heads // max(plan.heads_kv, 1)
 
@@ -692,7 +728,9 @@ def attention(p: Prepared) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     if eligible:
         return _fused(p, mask, causal), None
     plan = _plan(p)
-    if plan.batch_heads * plan.seqlen_q * plan.seqlen_k <= min(DIRECT_ELEMENTS, BLOCK_ELEMENTS):
+    if plan.compute_rows >= plan.seqlen_q and plan.batch_heads * plan.seqlen_q * plan.seqlen_k <= min(
+        DIRECT_ELEMENTS, BLOCK_ELEMENTS
+    ):
         return _direct(plan, p.query, p.key, p.value)
     if not (torch.is_grad_enabled() and (p.query.requires_grad or p.key.requires_grad or p.value.requires_grad)):
         return _blocked_no_grad(plan, p.query, p.key, p.value)

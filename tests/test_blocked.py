@@ -916,3 +916,23 @@ def test_float_mask_requiring_grad_is_refused():
     bias = torch.randn(5, 6, requires_grad=True)
     with pytest.raises(ValueError, match="attn_mask"):
         sdpa(q, k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize("held", ["held", "modified", "dropped"])
+def test_backward_reads_the_weights_only_while_they_are_unchanged(held):
+    """The blocked backward reads per-head weights the caller still holds unchanged instead of
+    recomputing them; modified or dropped weights are recomputed: the same gradients every way."""
+    q, k, v = make_qkv(2, 2, 37, 41, 16, torch.float32)
+    grad_out = torch.randn(2, 2, 37, 16)
+    kwargs = dict(is_causal=True, key_padding_mask=_padding(2, 41), return_weights=True)
+    with layout("row_blocks"):
+        expected = check_grads(q, k, v, grad_out=grad_out, **kwargs)
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out, weights = sdpa(*leaves, **kwargs)
+        if held == "modified":
+            weights.mul_(2.0)
+        elif held == "dropped":
+            del weights
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    for name, a, b in zip(("dq", "dk", "dv"), grads, expected):
+        assert (a - b).abs().max() < 1e-6, name
