@@ -38,6 +38,8 @@ LAYOUTS = {
     "one_block": (blocked.BLOCK_ELEMENTS, 1 << 40, 0),  # the autograd function, one query block
     "row_blocks": (1 << 9, 1 << 40, 0),  # 16-row query blocks, all heads in one call
     "head_loop": (1 << 9, 0, 0),  # 16-row query blocks, one head at a time
+    "groups": (1 << 9, 1 << 11, 0),  # 16-row query blocks, one batch element (all its heads) at a time
+    "head_groups": (1 << 9, 1 << 12, 0),  # 16-row query blocks, a few heads of one batch element at a time
 }
 _KNOBS = ("BLOCK_ELEMENTS", "HEAD_LOOP_ELEMENTS", "DIRECT_ELEMENTS")
 
@@ -132,7 +134,7 @@ def test_value_head_dim_differs(head_dim, head_dim_v):
     check(q, k, v, is_causal=True)
 
 
-@pytest.mark.parametrize("name", ["default", "head_loop"])
+@pytest.mark.parametrize("name", ["default", "head_loop", "head_groups"])
 @pytest.mark.parametrize("heads_q,heads_kv", [(1, 1), (3, 3), (9, 9), (2, 1), (8, 1), (6, 3), (8, 2)])
 def test_heads_and_gqa(name, heads_q, heads_kv):
     q, k, v = make_qkv(2, heads_q, 45, 67, 32, torch.float32, heads_kv=heads_kv)
@@ -704,7 +706,7 @@ def test_low_precision_gradients(name, case, dtype):
         check_grads(q, k, v, grad_weights=True if weights_in_loss else None, **make_kwargs(dtype))
 
 
-@pytest.mark.parametrize("name", ["default", "row_blocks", "head_loop"])
+@pytest.mark.parametrize("name", ["default", "row_blocks", "head_loop", "groups"])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
 @pytest.mark.parametrize("padded", [False, True])
