@@ -129,12 +129,17 @@ class MultiHeadAttention(nn.MultiheadAttention):
       = added to the scores.
     * ``is_causal`` is a hint, as in torch: it needs ``attn_mask`` (the causal mask itself).
       Without padding and without weights the kernel applies causality itself and the mask is
-      not read; otherwise the mask is used.
+      not read (torch's rule); otherwise the mask is compared with the square causal mask (bit
+      for bit, without allocating) and, when it is that mask, causality is applied without it
+      (no mask is rebuilt or read, masked key blocks are skipped); any other mask is used as is.
     * ``need_weights=True`` runs the fused kernels with ``return_weights="mean"`` (head average,
       never holding per-head weights) or ``True`` (``average_attn_weights=False``);
       ``need_weights=False`` returns ``(out, None)``.
     * Dropout (``dropout``) acts on the attention weights in training mode only; the returned
       weights are those after dropout, scaled by ``1 / (1 - dropout)`` as torch's are.
+    * In inference (eval mode, nothing needing a gradient), unmasked self-attention without
+      weights runs torch's own fast path (``torch._native_multi_head_attention``), which computes
+      exactly what attnlens does there; self-attention projects q, k and v with one matrix product.
 
     Differences from torch:
 
