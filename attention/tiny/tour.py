@@ -136,8 +136,9 @@ def run_tour(
         raise ValueError("sentence must hold at least one word")
 
     # 1. Train. Triton's interpreter runs the kernels one program at a time in numpy: fine for
-    # looking at one example, far too slow for thousands of training steps.
-    train_backend = "reference" if dev.type == "cpu" else "auto"
+    # looking at one example, far too slow for thousands of training steps; a CPU trains on the
+    # CPU path (plain PyTorch operations) whether or not the interpreter is on.
+    train_backend = "torch" if dev.type == "cpu" else "auto"
     overrides = dict(d_model=d_model, nhead=nhead, num_layers=num_layers)
     train_started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -153,7 +154,7 @@ def run_tour(
     finally:
         torch.set_num_threads(threads)
     train_seconds = time.perf_counter() - train_started
-    train_backend = attnlens.selected_backend(dev) if train_backend == "auto" else "reference"
+    train_backend = attnlens.selected_backend(dev) if train_backend == "auto" else train_backend
     model.eval()
 
     max_length = data.train.max_length
