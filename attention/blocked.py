@@ -715,21 +715,34 @@ def _direct(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value: torch.Te
             scores.masked_fill_(empty, 0.0)  # finite, so that neither softmax nor its gradient is NaN
         else:
             empty = None
-    probs = _softmax(scores)
-    if empty is not None:
-        probs = probs.masked_fill(empty, 0.0)
+    grad = scores.requires_grad
+    if grad:
+        probs = _softmax(scores)
+        softmax_output = probs
+        if empty is not None:
+            probs = probs.masked_fill(empty, 0.0)
+    else:  # nothing to keep for a backward: in place
+        _softmax_(scores)
+        probs = softmax_output = scores
+        if empty is not None:
+            probs.masked_fill_(empty, 0.0)
     if plan.seed is not None:
         generator = _dropout_generator(plan.seed, plan.device)
         dropped = _dropped(generator, (batch, heads, seqlen_q, seqlen_k), plan.dropout_p, plan.device)
         keep_scale = 0.0 if plan.dropout_p >= 1.0 else 1.0 / (1.0 - plan.dropout_p)
-        probs = probs.masked_fill(dropped.view(probs.shape), 0.0).mul_(keep_scale)
+        probs = (
+            probs.masked_fill(dropped.view(probs.shape), 0.0)
+            if grad
+            else probs.masked_fill_(dropped.view(probs.shape), 0.0)
+        )
+        probs.mul_(keep_scale)
     out = torch.bmm(probs, v3).view(batch, heads, seqlen_q, v3.shape[2])
     weights = None
     if plan.weights_mode:
         weights = probs.view(batch, heads, seqlen_q, seqlen_k)
         if plan.weights_mode == 2:
             weights = weights.mean(dim=1) if heads else weights.sum(dim=1)
-        elif weights.requires_grad and weights.dtype == plan.dtype:
+        elif grad and probs is softmax_output and weights.dtype == plan.dtype:
             # the softmax keeps its output for the backward: the caller's weights are their own
             weights = weights.clone()
         weights = weights if weights.dtype == plan.dtype else weights.to(plan.dtype)
