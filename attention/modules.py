@@ -54,6 +54,11 @@ def _float_mask_dtype(mask: Optional[torch.Tensor], query_dtype: torch.dtype) ->
     return query_dtype if mask.dtype == torch.bool else mask.dtype
 
 
+# Eval-mode problems with at most this many scores (B * heads * N * N) take torch's own fast path
+# with masks or weights (``MultiHeadAttention._inference_fast_path``); larger ones are faster on
+# attnlens's path (no N x N mask is built, causal blocks are skipped, weights written once).
+_NATIVE_SMALL = 1 << 17
+
 # The causal masks lately compared against, by (N, dtype, device): torch's convention, bool True
 # above the diagonal (not allowed) or float -inf there and 0 elsewhere
 # (``nn.Transformer.generate_square_subsequent_mask``). A few entries: each is N x N.
@@ -252,8 +257,10 @@ class MultiHeadAttention(nn.MultiheadAttention):
             raise NotImplementedError(
                 "attnlens.MultiHeadAttention does not take NestedTensor inputs; pad the batch and pass key_padding_mask"
             )
-        if attn_mask is None and key_padding_mask is None and not need_weights and not is_causal:
-            fast = self._inference_fast_path(query, key, value)
+        if not self.training:
+            fast = self._inference_fast_path(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
             if fast is not None:
                 return fast
         _check_mask_type(key_padding_mask, "key_padding_mask")
@@ -351,16 +358,21 @@ class MultiHeadAttention(nn.MultiheadAttention):
             out = out.transpose(0, 1)
         return out, weights
 
-    def _inference_fast_path(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    def _inference_fast_path(
+        self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+    ):
         """torch's own inference fast path (``torch._native_multi_head_attention``: projections,
-        fused attention and output projection in one C++ call) where it computes exactly what
-        attnlens does, so that the drop-in is never slower than torch in inference: unmasked
-        self-attention without weights (no row can be empty, and the attention is torch's fused
-        kernel, which attnlens's CPU path also calls), in eval mode with nothing needing a
-        gradient, on torch's fast-path conditions. Returns ``(out, None)``, or None otherwise."""
+        attention and output projection in one C++ call), where it computes exactly what attnlens
+        does and is the faster road, so that the drop-in is never slower than torch in inference.
+
+        That is self-attention in eval mode with nothing needing a gradient, on torch's fast-path
+        conditions, where no query row can be left with nothing to attend to (torch's fast path
+        gives NaN there, attnlens 0): no mask; or small problems (``_NATIVE_SMALL`` scores at
+        most, where one C++ call beats attnlens's few operations) with the causal mask itself and
+        bool key padding that leaves every row a key, and weights only in fp32/fp64 (torch computes
+        them in the input dtype). Returns ``(out, weights)``, or None to take attnlens's path."""
         if (
-            self.training
-            or query is not key
+            query is not key
             or key is not value
             or query.dim() != 3
             or not self.batch_first
@@ -385,20 +397,50 @@ class MultiHeadAttention(nn.MultiheadAttention):
             return None
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return None
-        out, _ = torch._native_multi_head_attention(
+        batch, seqlen, _ = query.shape
+        if attn_mask is None and key_padding_mask is None and not need_weights and not is_causal:
+            out, _ = torch._native_multi_head_attention(
+                query,
+                query,
+                query,
+                self.embed_dim,
+                self.num_heads,
+                self.in_proj_weight,
+                self.in_proj_bias,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                None,
+                False,
+            )
+            return out, None
+        if batch * self.num_heads * seqlen * seqlen > _NATIVE_SMALL:
+            return None
+        if need_weights and query.dtype not in (torch.float32, torch.float64):
+            return None
+        if attn_mask is not None:
+            if not is_causal or attn_mask.dtype != torch.bool or attn_mask.dim() != 2:
+                return None
+            if not _is_causal_mask(attn_mask[None, None], query.dtype):
+                return None
+        elif is_causal:
+            return None  # attnlens's path raises torch's error
+        if key_padding_mask is not None:
+            if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (batch, seqlen):
+                return None
+            if bool(key_padding_mask.all(dim=-1).any()):
+                return None  # a sequence of padding only: its rows have nothing to attend to
+            if attn_mask is not None and bool(key_padding_mask[:, 0].any()):
+                return None  # causal: the first query sees the first key alone
+        return super().forward(
             query,
-            query,
-            query,
-            self.embed_dim,
-            self.num_heads,
-            self.in_proj_weight,
-            self.in_proj_bias,
-            self.out_proj.weight,
-            self.out_proj.bias,
-            None,
-            False,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
         )
-        return out, None
 
     def _check_shapes(self, query, key, value, key_padding_mask, attn_mask) -> bool:
         """torch's input-rank checks (AssertionError, as torch). Returns whether the input is batched."""

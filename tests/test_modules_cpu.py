@@ -225,35 +225,83 @@ def test_the_causal_mask_check_allocates_nothing():
     assert not modules._is_causal_mask(mask.double()[None, None], torch.float32)  # another dtype
 
 
-def test_inference_fast_path_is_torchs(monkeypatch):
-    """Eval, no autograd, unmasked self-attention without weights: torch's own fast path (one C++
-    call), the same result as attnlens's path; anything else stays on attnlens's path."""
-    ours, theirs, _ = twins(torch.float32, batch_first=True)
-    ours.eval(), theirs.eval()
-    x = torch.randn(BATCH, 40, EMBED)
-    with torch.no_grad():
-        expected, _ = theirs(x, x, x, need_weights=False)
+FAST_PATH_CALLS = {
+    "plain": dict(need_weights=False),
+    "weights": dict(need_weights=True),
+    "per-head weights": dict(need_weights=True, average_attn_weights=False),
+    "causal": dict(need_weights=False, attn_mask="causal", is_causal=True),
+    "causal, padding, weights": dict(attn_mask="causal", is_causal=True, key_padding_mask="padding"),
+    "padding, weights": dict(key_padding_mask="padding"),
+}
+SLOW_PATH_CALLS = {
+    "a mask other than the causal one": dict(attn_mask="random", need_weights=False),
+    "causal with the first key padded": dict(attn_mask="causal", is_causal=True, key_padding_mask="first"),
+    "a sequence of padding only": dict(key_padding_mask="all"),
+    "float padding": dict(key_padding_mask="float"),
+}
+
+
+def _fast_path_kwargs(kwargs, n):
+    kwargs = dict(kwargs)
+    if kwargs.get("attn_mask") == "causal":
+        kwargs["attn_mask"] = torch.ones(n, n, dtype=torch.bool).triu(1)
+    elif kwargs.get("attn_mask") == "random":
+        kwargs["attn_mask"] = torch.rand(n, n) > 0.7
+    pad = torch.zeros(BATCH, n, dtype=torch.bool)
+    pad[0, n - 5 :] = True
+    kind = kwargs.get("key_padding_mask")
+    if kind == "first":
+        pad[1, 0] = True
+    elif kind == "all":
+        pad[1] = True
+    elif kind == "float":
+        pad = torch.zeros(BATCH, n).masked_fill(pad, float("-inf"))
+    if kind is not None:
+        kwargs["key_padding_mask"] = pad
+    return kwargs
+
+
+@pytest.mark.parametrize("name", list(FAST_PATH_CALLS) + list(SLOW_PATH_CALLS))
+def test_inference_fast_path_is_taken_where_it_is_exact(monkeypatch, name):
+    """Eval, no autograd, small self-attention without a possibly empty row (and weights only in
+    fp32/fp64): torch's own fast path (one C++ call), giving what attnlens's path gives; anything
+    else stays on attnlens's path."""
+    n = 40
+    ours, _, _ = twins(torch.float32, batch_first=True)
+    ours.eval()
+    x = torch.randn(BATCH, n, EMBED)
+    kwargs = _fast_path_kwargs(FAST_PATH_CALLS.get(name) or SLOW_PATH_CALLS[name], n)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ours, "_inference_fast_path", lambda *args: None)
+        expected = ours(x, x, x, **kwargs)
     calls = _spy(monkeypatch, torch, "_native_multi_head_attention")
     with torch.no_grad():
-        out, weights = ours(x, x, x, need_weights=False)
-        assert len(calls) == 1 and weights is None
-        assert_equal("out", out, expected)
-        with attnlens.use_backend("torch"), pytest.MonkeyPatch.context() as patch:
-            patch.setattr(ours, "_inference_fast_path", lambda *args: None)
-            ours_path, _ = ours(x, x, x, need_weights=False)
-        assert (ours_path - out).abs().max() < 1e-5
-        for kwargs in (
-            dict(need_weights=True),
-            dict(need_weights=False, key_padding_mask=torch.zeros(BATCH, 40, dtype=torch.bool)),
-        ):
-            ours(x, x, x, **kwargs)
-        ours(x, x, x.clone(), need_weights=False)  # not self-attention
+        got = ours(x, x, x, **kwargs)
+    assert len(calls) == (1 if name in FAST_PATH_CALLS else 0)
+    for a, b in zip(got, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.isfinite(a).all() and (a - b).abs().max() < 1e-5
+
+
+def test_inference_fast_path_is_not_taken_otherwise(monkeypatch):
+    ours, _, _ = twins(torch.float32, batch_first=True)
+    x = torch.randn(BATCH, 40, EMBED)
+    calls = _spy(monkeypatch, torch, "_native_multi_head_attention")
     ours.train()
     with torch.no_grad():
-        ours(x, x, x, need_weights=False)
+        ours(x, x, x, need_weights=False)  # training
     ours.eval()
     ours(x, x, x, need_weights=False)  # autograd on: the parameters require grad
-    assert len(calls) == 1
+    with torch.no_grad():
+        ours(x, x, x.clone(), need_weights=False)  # not self-attention
+        big = torch.randn(1, 300, EMBED)  # 2 heads x 300 x 300 scores: above _NATIVE_SMALL
+        ours(big, big, big)  # weights of a large problem: attnlens's blocks are faster
+        half, _, _ = twins(torch.float16, batch_first=True)
+        half.eval()
+        xh = x.half()
+        half(xh, xh, xh)  # fp16 weights: torch computes them in fp16
+    assert calls == []
 
 
 @pytest.mark.parametrize("mode", ["self", "cross"])
