@@ -616,15 +616,13 @@ def _backward(
                     heads.view4(grad).add_(block, alpha=mean_scale)
                 else:
                     heads.view4(grad).add_(heads.mask(dweights, rows, keys))
-            # rowsum(dL/dP ∘ P) = rowsum(dL/dP_dropped ∘ P_dropped), summed over the block's row as
-            # the reference's softmax backward does (rowsum(dout ∘ out) is the same number, from
-            # a rounded out)
-            row_delta = (grad * kept).sum(dim=-1, keepdim=True)
             if dropped is not None:  # dL/dP = dL/dP_dropped where kept, times 1 / (1 - p)
                 heads.view4(grad).masked_fill_(dropped, 0.0)
                 grad.mul_(keep_scale)
-            # dL/dS = P ∘ (dL/dP - rowsum(dL/dP ∘ P))
-            grad.sub_(row_delta).mul_(probs)
+            # dL/dS = P ∘ (dL/dP - rowsum(dL/dP ∘ P)): torch's softmax backward, one pass, the row
+            # sum taken over the block's whole row as the reference's autograd does (not
+            # rowsum(dout ∘ out): the same number, from a rounded out)
+            grad = torch._softmax_backward_data(grad, probs, -1, plan.compute)
             torch.baddbmm(dq3[span, rows], grad, k3[span, keys], beta=0.0, alpha=plan.scale, out=dq3[span, rows])
             dk3[span, keys].baddbmm_(grad.transpose(1, 2), q3[span, rows], alpha=plan.scale)
     return dq3, dk3, dv3
@@ -718,12 +716,11 @@ def _direct(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value: torch.Te
     grad = scores.requires_grad
     if grad:
         probs = _softmax(scores)
-        softmax_output = probs
         if empty is not None:
             probs = probs.masked_fill(empty, 0.0)
     else:  # nothing to keep for a backward: in place
         _softmax_(scores)
-        probs = softmax_output = scores
+        probs = scores
         if empty is not None:
             probs.masked_fill_(empty, 0.0)
     if plan.seed is not None:
@@ -742,9 +739,8 @@ def _direct(plan: _Plan, query: torch.Tensor, key: torch.Tensor, value: torch.Te
         weights = probs.view(batch, heads, seqlen_q, seqlen_k)
         if plan.weights_mode == 2:
             weights = weights.mean(dim=1) if heads else weights.sum(dim=1)
-        elif grad and probs is softmax_output and weights.dtype == plan.dtype:
-            # the softmax keeps its output for the backward: the caller's weights are their own
-            weights = weights.clone()
+        # (fp32/fp64 per-head weights without dropout are the tensor torch's softmax keeps for its
+        # backward: modifying them in place before the backward raises, as in eager torch.)
         weights = weights if weights.dtype == plan.dtype else weights.to(plan.dtype)
     return (out if out.dtype == plan.dtype else out.to(plan.dtype)), weights
 
