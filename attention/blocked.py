@@ -57,7 +57,7 @@ CAUSAL_MIN_ROWS = 64
 
 # Problems of at most this many scores (B * Hq * Nq * Nk, and no more than one block) take
 # ``_direct``: one block of plain torch operations, differentiated by torch's autograd.
-DIRECT_ELEMENTS = 1 << 19
+DIRECT_ELEMENTS = 1 << 21
 
 # Below this many keys torch's fused kernel costs more than the same work in a few operations
 # (torch 2.13, one thread: 750 us against 530 us at B=64, H=4, N=12, d=16; 344 us against 562 us
@@ -273,7 +273,7 @@ def _plan(p: Prepared) -> _Plan:
     may_empty = p.attn_mask is not None or padding is not None or (p.is_causal and p.causal_offset < 0) or seqlen_k == 0
     rows = block_rows(batch * heads, seqlen_q, seqlen_k)
     compute_rows = rows
-    if p.is_causal:  # causal blocks stop at their diagonal: about CAUSAL_BLOCKS of them skip work
+    if p.is_causal and seqlen_q > 2 * CAUSAL_MIN_ROWS:  # blocks that stop at their diagonal skip work
         compute_rows = max(1, min(rows, max(CAUSAL_MIN_ROWS, -(-seqlen_q // CAUSAL_BLOCKS))))
     return _Plan(
         batch=batch,
