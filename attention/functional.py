@@ -2,19 +2,27 @@
 
 Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels through
 Triton's interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported; other CPU
-tensors (and any device Triton cannot drive) run ``attnlens.reference``, plain PyTorch with the
-same semantics. CUDA devices older than Triton supports (compute capability below 8.0: V100, T4,
-RTX 20xx) also take the reference path unless the kernels are forced. ``use_backend`` forces a path.
+tensors (and any device Triton cannot drive) run the CPU path, ``attnlens.blocked`` (backend
+``"torch"``: PyTorch operations, blocked, fp32 accumulation, torch's fused CPU kernel where it is
+exact). CUDA devices older than Triton supports (compute capability below 8.0: V100, T4, RTX 20xx)
+also take that path unless the kernels are forced. ``use_backend`` forces a path, including
+``"reference"``, the float64 oracle of the tests (``attnlens.reference``).
+
+Triton, and the torch compiler stack ``torch.library.triton_op`` brings in, are imported only when
+a kernel will run: for CUDA tensors, or for CPU tensors when the interpreter is on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
+from attnlens import blocked as _blocked
 from attnlens._inputs import Prepared, ReturnWeights, kernel_limits, prepare
 from attnlens.errors import AttentionValueError
 from attnlens.reference import attention as _reference_attention
@@ -22,7 +30,7 @@ from attnlens.reference import check_sink_share, format_result, sink_share
 
 __all__ = ["scaled_dot_product_attention", "dropout_mask", "use_backend", "kernels_available", "selected_backend"]
 
-BACKENDS = ("auto", "kernels", "reference")
+BACKENDS = ("auto", "kernels", "torch", "reference")
 _state = threading.local()
 _kernel_import_error: Optional[BaseException] = None
 _NOT_IMPORTED = object()
@@ -46,15 +54,39 @@ def _ops_module():
     return _ops_cache
 
 
+# The values of TRITON_INTERPRET that Triton (3.6 to 3.9) reads as true, case-insensitively.
+_TRUE_VALUES = ("1", "true", "on", "yes", "y")
+
+
+def _interpreter_on() -> bool:
+    """Whether the kernels run (or would run) through Triton's interpreter, without importing triton.
+
+    Once the kernels are imported, their own record (``attnlens.kernels.INTERPRETED``: how their
+    ``@triton.jit`` was decorated) is the answer; before, ``TRITON_INTERPRET`` as Triton will read
+    it when the kernels are first imported."""
+    kernels = sys.modules.get("attnlens.kernels")
+    if kernels is not None and hasattr(kernels, "INTERPRETED"):
+        return bool(kernels.INTERPRETED)
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE_VALUES
+
+
 def kernels_available(device: torch.device) -> bool:
-    """Whether attnlens's Triton kernels can run on ``device`` in this process."""
+    """Whether attnlens's Triton kernels can run on ``device`` in this process.
+
+    A CPU without the interpreter, or a device other than CPU and CUDA, is answered without
+    importing triton."""
+    device = torch.device(device)
+    if device.type == "cpu" and not _interpreter_on():
+        return False
+    if device.type not in ("cpu", "cuda"):
+        return False
     ops = _ops_module()
     if ops is None:
         return False
     from attnlens.kernels import INTERPRETED
 
     if INTERPRETED:
-        return device.type in ("cpu", "cuda")
+        return True
     return device.type == "cuda"
 
 
@@ -66,7 +98,9 @@ def use_backend(backend: str) -> Iterator[None]:
             out = attnlens.scaled_dot_product_attention(q, k, v)
 
     ``"auto"`` (default) follows the dispatch rule; ``"kernels"`` raises if the kernels cannot run
-    on the inputs' device; ``"reference"`` always runs plain PyTorch.
+    on the inputs' device; ``"torch"`` runs the CPU path (PyTorch operations, on any device);
+    ``"reference"`` runs the float64 oracle's code, the simplest plain PyTorch (it materialises
+    ``N x N`` scores and computes in the inputs' dtype).
     """
     if backend not in BACKENDS:
         raise AttentionValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -80,7 +114,7 @@ def use_backend(backend: str) -> Iterator[None]:
 
 # Triton supports NVIDIA GPUs of compute capability 8.0 and newer. Since Triton 3.3 its matrix
 # products compile to plain FMA below that (no tensor cores), and the launch configurations were
-# never compiled for those cards' 64-96 KiB of shared memory, so "auto" sends them to the reference
+# never compiled for those cards' 64-96 KiB of shared memory, so "auto" sends them to the "torch"
 # path, whose matrix products are cuBLAS's; ``use_backend("kernels")`` still runs the kernels.
 MIN_KERNEL_CAPABILITY = (8, 0)
 
@@ -101,19 +135,19 @@ def _auto_picks_kernels(device: torch.device) -> bool:
 
 
 def selected_backend(device: torch.device) -> str:
-    """``"kernels"`` or ``"reference"``: the path a call on ``device`` takes right now."""
+    """``"kernels"``, ``"torch"`` or ``"reference"``: the path a call on ``device`` takes right now."""
     backend = getattr(_state, "backend", "auto")
-    if backend == "reference":
-        return "reference"
+    if backend in ("reference", "torch"):
+        return backend
     if kernels_available(device):
-        return "kernels" if backend == "kernels" or _auto_picks_kernels(device) else "reference"
+        return "kernels" if backend == "kernels" or _auto_picks_kernels(device) else "torch"
     if backend == "kernels":
         reason = f" ({_kernel_import_error})" if _kernel_import_error else ""
         raise RuntimeError(
             f"attnlens kernels cannot run on device {device}{reason}: they need a CUDA "
             f"device, or TRITON_INTERPRET=1 set before triton is imported for CPU tensors"
         )
-    return "reference"
+    return "torch"
 
 
 def _check_mask_grad(p: Prepared) -> None:
@@ -127,19 +161,23 @@ def _check_mask_grad(p: Prepared) -> None:
 
 
 def _path(p: Prepared) -> str:
-    """``"kernels"`` or ``"reference"`` for this call: ``selected_backend``, except that what the
-    kernels cannot compute (``kernel_limits``: head dims 0 or above 256, an infinite scale) runs on
-    the plain-PyTorch path, CUDA tensors included, unless ``use_backend("kernels")`` forces them."""
+    """The path this call takes: ``selected_backend``, except that what the kernels cannot compute
+    (``kernel_limits``: head dims 0 or above 256, an infinite scale) runs on the CPU path, CUDA
+    tensors included, unless ``use_backend("kernels")`` forces them; and what the CPU path does not
+    take (``blocked.limits``: head dim 0, an infinite scale) runs on the reference."""
     path = selected_backend(p.query.device)
     if path == "kernels":
         reason = kernel_limits(p)
-        if reason is not None:
-            if getattr(_state, "backend", "auto") == "kernels":
-                raise AttentionValueError(
-                    f"use_backend('kernels') forces the Triton kernels, but {reason}; "
-                    f"use_backend('auto') runs such calls on the plain-PyTorch path"
-                )
-            return "reference"
+        if reason is None:
+            return path
+        if getattr(_state, "backend", "auto") == "kernels":
+            raise AttentionValueError(
+                f"use_backend('kernels') forces the Triton kernels, but {reason}; "
+                f"use_backend('auto') runs such calls on the plain-PyTorch path"
+            )
+        path = "torch"
+    if path == "torch" and _blocked.limits(p) is not None:
+        return "reference"
     return path
 
 
@@ -180,12 +218,15 @@ def dropout_mask(
     p = prepare(query, key, key if value is None else value, dropout_p=dropout_p, scale=scale, enable_gqa=grouped)
     batch, heads_q, seqlen_q, seqlen_k = p.shape
     device = p.query.device
+    backend = _path(p) if p.dropout_p > 0.0 else None
     if p.dropout_p == 0.0:
         keep = torch.ones((batch, heads_q, seqlen_q, seqlen_k), dtype=torch.bool, device=device)
-    elif _path(p) == "kernels":
+    elif backend == "kernels":
         from attnlens.kernels import launch_dropout_mask
 
         keep = launch_dropout_mask(_draw_seed(device), batch, heads_q, seqlen_q, seqlen_k, p.dropout_p)
+    elif backend == "torch":  # a seed, then one draw per query block (attnlens.blocked)
+        keep = _blocked.dropout_keep_mask(p.query, p.key, p.dropout_p)
     else:  # the reference's draw (attnlens.reference.attention)
         draw = torch.rand((batch, heads_q, seqlen_q, seqlen_k), device=device, dtype=torch.float32)
         keep = draw >= p.dropout_p
@@ -329,8 +370,12 @@ def scaled_dot_product_attention(
     )
     check_sink_share(p, return_sink_share)
     _check_mask_grad(p)
-    if _path(p) == "kernels":
+    path = _path(p)
+    if path == "kernels":
         out, weights, share = _kernel_attention(p, return_sink_share)
+    elif path == "torch":
+        out, weights, lse = _blocked.attention(p)
+        share = sink_share(p, lse) if return_sink_share else None
     else:
         out, weights, lse = _reference_attention(p)
         share = sink_share(p, lse) if return_sink_share else None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections import OrderedDict
 from typing import Optional, Tuple
 
 import torch
@@ -53,6 +54,60 @@ def _float_mask_dtype(mask: Optional[torch.Tensor], query_dtype: torch.dtype) ->
     return query_dtype if mask.dtype == torch.bool else mask.dtype
 
 
+# Eval-mode problems with at most this many scores (B * heads * N * N) take torch's own fast path
+# with masks or weights (``MultiHeadAttention._inference_fast_path``); larger ones are faster on
+# attnlens's path (no N x N mask is built, causal blocks are skipped, weights written once).
+_NATIVE_SMALL = 1 << 17
+
+# The causal masks lately compared against, by (N, dtype, device): torch's convention, bool True
+# above the diagonal (not allowed) or float -inf there and 0 elsewhere
+# (``nn.Transformer.generate_square_subsequent_mask``). A few entries: each is N x N.
+_CAUSAL_MASKS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_CAUSAL_MASKS_KEPT = 2
+
+
+def _causal_pattern(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (n, dtype, device)
+    pattern = _CAUSAL_MASKS.get(key)
+    if pattern is None:
+        above = torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
+        pattern = (
+            above
+            if dtype == torch.bool
+            else torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(above, float("-inf"))
+        )
+        _CAUSAL_MASKS[key] = pattern
+        while len(_CAUSAL_MASKS) > _CAUSAL_MASKS_KEPT:
+            _CAUSAL_MASKS.popitem(last=False)
+    else:
+        _CAUSAL_MASKS.move_to_end(key)
+    return pattern
+
+
+def _as_words(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's bytes as the widest integers that tile them, to compare them fast."""
+    flat = t.reshape(-1)
+    nbytes = flat.numel() * flat.element_size()
+    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2), (torch.uint8, 1)):
+        if nbytes % size == 0 and size >= flat.element_size():
+            return flat.view(dtype)
+    return flat
+
+
+def _is_causal_mask(mask: Optional[torch.Tensor], query_dtype: torch.dtype) -> bool:
+    """Whether ``mask`` (the module's ``attn_mask`` as a 4-D view) is exactly the square causal
+    mask, bool or of the query's float dtype: compared bit for bit, without allocating."""
+    if mask is None or mask.shape[:2] != (1, 1) or mask.shape[2] != mask.shape[3] or mask.requires_grad:
+        return False
+    if mask.dtype != torch.bool and mask.dtype != query_dtype:
+        return False
+    mask = mask[0, 0]
+    if not mask.is_contiguous():
+        return False
+    pattern = _causal_pattern(mask.shape[0], mask.dtype, mask.device)
+    return torch.equal(_as_words(mask), _as_words(pattern))
+
+
 def _pad_keys(mask: torch.Tensor, extra: int, value) -> torch.Tensor:
     """Append ``extra`` columns (keys) filled with ``value`` to the last dimension of ``mask``."""
     if extra == 0:
@@ -79,12 +134,17 @@ class MultiHeadAttention(nn.MultiheadAttention):
       = added to the scores.
     * ``is_causal`` is a hint, as in torch: it needs ``attn_mask`` (the causal mask itself).
       Without padding and without weights the kernel applies causality itself and the mask is
-      not read; otherwise the mask is used.
+      not read (torch's rule); otherwise the mask is compared with the square causal mask (bit
+      for bit, without allocating) and, when it is that mask, causality is applied without it
+      (no mask is rebuilt or read, masked key blocks are skipped); any other mask is used as is.
     * ``need_weights=True`` runs the fused kernels with ``return_weights="mean"`` (head average,
       never holding per-head weights) or ``True`` (``average_attn_weights=False``);
       ``need_weights=False`` returns ``(out, None)``.
     * Dropout (``dropout``) acts on the attention weights in training mode only; the returned
       weights are those after dropout, scaled by ``1 / (1 - dropout)`` as torch's are.
+    * In inference (eval mode, nothing needing a gradient), unmasked self-attention without
+      weights runs torch's own fast path (``torch._native_multi_head_attention``), which computes
+      exactly what attnlens does there; self-attention projects q, k and v with one matrix product.
 
     Differences from torch:
 
@@ -108,6 +168,11 @@ class MultiHeadAttention(nn.MultiheadAttention):
     ``[1, 1, kv_dim]``. Such a state_dict has torch's names but not its shapes, so it loads only
     into modules with the same ``num_kv_heads``; with ``num_kv_heads == num_heads`` everything,
     including the random initialisation under a given seed, is torch's.
+
+    Soft-capping, sliding windows, ALiBi and attention sinks are not arguments of torch's module,
+    and this one keeps torch's signature: a layer that needs them calls
+    ``attnlens.scaled_dot_product_attention(..., softcap=, window=, alibi_slopes=, sinks=)`` on its
+    own projections (the Hugging Face bridge does exactly that for Gemma 2, gpt-oss, Mistral).
     """
 
     def __init__(
@@ -200,6 +265,12 @@ class MultiHeadAttention(nn.MultiheadAttention):
             raise AssertionError(
                 "attnlens.MultiHeadAttention does not take NestedTensor inputs; pad the batch and pass key_padding_mask"
             )
+        if not self.training:
+            fast = self._inference_fast_path(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
+            if fast is not None:
+                return fast
         _check_mask_type(key_padding_mask, "key_padding_mask")
         _check_mask_type(attn_mask, "attn_mask")
         if key_padding_mask is not None and attn_mask is not None and key_padding_mask.dtype != attn_mask.dtype:
@@ -212,6 +283,7 @@ class MultiHeadAttention(nn.MultiheadAttention):
 
         batched = self._check_shapes(query, key, value, key_padding_mask, attn_mask)
         self._check_batch_and_devices(query, key, value, key_padding_mask, attn_mask, batched)
+        same_inputs = (query is key, key is value)  # before the views below make new tensor objects
         if not batched:  # one sequence: give it a batch dim of 1 and take it off at the end
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
@@ -233,7 +305,10 @@ class MultiHeadAttention(nn.MultiheadAttention):
         batch, seqlen_q, embed_dim = query.shape
         if embed_dim != self.embed_dim:
             raise AssertionError(f"query must have embed_dim={self.embed_dim} features, got {embed_dim}")
-        q, k, v = self._project(query, key, value)
+        if self.in_proj_weight is not None and same_inputs[1]:
+            q, k, v = self._project_packed(query, key, same_inputs[0])
+        else:
+            q, k, v = self._project(query, key, value)
 
         seqlen_k = key.shape[1]
         if attn_mask is not None:
@@ -255,6 +330,11 @@ class MultiHeadAttention(nn.MultiheadAttention):
             raise AssertionError(
                 f"key_padding_mask must have shape {(batch, seqlen_k)} ([B, Nk]), got {tuple(key_padding_mask.shape)}"
             )
+
+        if is_causal and not kernel_causal and extra == 0 and _is_causal_mask(attn_mask, query.dtype):
+            # The hint is right (the mask is the causal mask itself): causality needs no mask, so
+            # none is read or rebuilt, and masked key blocks are skipped; the result is the mask's.
+            kernel_causal, attn_mask = True, None
 
         sdpa_mask, sdpa_padding = self._kernel_masks(attn_mask, key_padding_mask, extra, query.dtype, need_weights)
 
@@ -286,6 +366,90 @@ class MultiHeadAttention(nn.MultiheadAttention):
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+    def _inference_fast_path(
+        self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+    ):
+        """torch's own inference fast path (``torch._native_multi_head_attention``: projections,
+        attention and output projection in one C++ call), where it computes exactly what attnlens
+        does and is the faster road, so that the drop-in is never slower than torch in inference.
+
+        That is self-attention in eval mode with nothing needing a gradient, on torch's fast-path
+        conditions, where no query row can be left with nothing to attend to (torch's fast path
+        gives NaN there, attnlens 0): no mask; or small problems (``_NATIVE_SMALL`` scores at
+        most, where one C++ call beats attnlens's few operations) with the causal mask itself and
+        bool key padding that leaves every row a key, and weights only in fp32/fp64 (torch computes
+        them in the input dtype). Returns ``(out, weights)``, or None to take attnlens's path."""
+        if (
+            query is not key
+            or key is not value
+            or query.dim() != 3
+            or not self.batch_first
+            or self.in_proj_weight is None
+            or self.in_proj_bias is None
+            or self.bias_k is not None
+            or self.bias_v is not None
+            or self.add_zero_attn
+            or self.num_heads % 2 != 0
+            or query.is_nested
+            or query.device.type not in ("cpu", "cuda")
+            or query.shape[-1] != self.embed_dim
+            or 0 in query.shape
+            or not torch.backends.mha.get_fastpath_enabled()
+            or torch.is_autocast_enabled()
+        ):
+            return None
+        tensors = (query, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
+        if any(t is None or t.dtype != query.dtype or t.device != query.device for t in tensors):
+            return None
+        if torch.overrides.has_torch_function(tensors):
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        batch, seqlen, _ = query.shape
+        if attn_mask is None and key_padding_mask is None and not need_weights and not is_causal:
+            out, _ = torch._native_multi_head_attention(
+                query,
+                query,
+                query,
+                self.embed_dim,
+                self.num_heads,
+                self.in_proj_weight,
+                self.in_proj_bias,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                None,
+                False,
+            )
+            return out, None
+        if batch * self.num_heads * seqlen * seqlen > _NATIVE_SMALL:
+            return None
+        if need_weights and query.dtype not in (torch.float32, torch.float64):
+            return None
+        if attn_mask is not None:
+            if not is_causal or attn_mask.dtype != torch.bool or attn_mask.dim() != 2:
+                return None
+            if not _is_causal_mask(attn_mask[None, None], query.dtype):
+                return None
+        elif is_causal:
+            return None  # attnlens's path raises torch's error
+        if key_padding_mask is not None:
+            if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (batch, seqlen):
+                return None
+            if bool(key_padding_mask.all(dim=-1).any()):
+                return None  # a sequence of padding only: its rows have nothing to attend to
+            if attn_mask is not None and bool(key_padding_mask[:, 0].any()):
+                return None  # causal: the first query sees the first key alone
+        return super().forward(
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
 
     def _check_shapes(self, query, key, value, key_padding_mask, attn_mask) -> bool:
         """torch's input-rank checks (AssertionError, as torch). Returns whether the input is batched."""
@@ -354,6 +518,20 @@ class MultiHeadAttention(nn.MultiheadAttention):
         if self.in_proj_bias is not None:
             b_q, b_k, b_v = self.in_proj_bias.split([self.embed_dim, kv_dim, kv_dim])
         return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+
+    def _project_packed(self, query: torch.Tensor, key: torch.Tensor, self_attention: bool):
+        """The input projections when key is value (and, for self-attention, query too), with
+        torch's packed ``in_proj_weight``: one matrix product for q, k and v (two for cross
+        attention), as torch's own module does. q ``[B, Nq, E]``, k and v ``[B, Nk, E]`` views."""
+        if key.shape[-1] != self.embed_dim:
+            return self._project(query, key, key)  # let the usual path report the shape
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if self_attention:
+            return F.linear(query, weight, bias).chunk(3, dim=-1)
+        embed_dim = self.embed_dim
+        q = F.linear(query, weight[:embed_dim], None if bias is None else bias[:embed_dim])
+        k, v = F.linear(key, weight[embed_dim:], None if bias is None else bias[embed_dim:]).chunk(2, dim=-1)
+        return q, k, v
 
     def _check_attn_mask(self, attn_mask: torch.Tensor, batch: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
         """Shape check (RuntimeError, as torch) and a 4-D view: ``[1, 1, Nq, Nk]`` or ``[B, H, Nq, Nk]``."""

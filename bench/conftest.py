@@ -34,6 +34,12 @@ def pytest_addoption(parser):
         default=0.25,
         help="attnlens bench: timed seconds to aim for per benchmark on a GPU (rounds 5 to 100)",
     )
+    parser.addoption(
+        "--cpu-threads",
+        type=int,
+        default=1,
+        help="attnlens bench: torch intra-op threads for the CPU path's benchmarks (test_cpu_*.py)",
+    )
 
 
 def pytest_configure(config):
@@ -75,5 +81,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     cuda = torch.cuda.is_available()
     info = {"device": torch.cuda.get_device_name() if cuda else "CPU", "speed_claim": cuda, **versions()}
     if not cuda:
-        info["note"] = NOT_A_SPEED_CLAIM
+        info["note"] = (
+            NOT_A_SPEED_CLAIM + " This applies to the GPU suite's smoke cases only: the CPU path's "
+            "benchmarks (test_cpu_*.py, extra_info speed_claim true) are real measurements."
+        )
     machine_info["attnlens"] = info

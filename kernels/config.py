@@ -135,8 +135,8 @@ for _kernel in KERNELS:
 # ragged lengths, causal masking and key padding, alone and together; every heavy entry also with
 # bool and float masks, dropout and the weights' gradient, alone and in the pairs and triples
 # bench/NOTES.md step 4 lists (all of them at once still spills a little). None of those keeps
-# anything in a stack frame (no STL/LDL). Step 6 found sm_90 combinations with dropout that do
-# (dK/dV at d<=128 with a bool mask and dropout on ragged lengths: 184 B, in the loop); the
+# anything in a stack frame (no STL/LDL). Some sm_90 combinations with dropout do (bench/NOTES.md
+# step 6: dK/dV at d<=128 with a bool mask and dropout on ragged lengths, 184 B, in the loop); the
 # spill-free tiles there give up wgmma, so the rows wait for a GPU run. The rows differ where one
 # architecture's ptxas spills with another's choice. fp32/fp64 rows: the commonest call only, but
 # fp32 dK/dV (step 5, below).

@@ -145,7 +145,7 @@ def _known_limit(kernel: str, dtype: Any, head_dim: int) -> str:
         return (
             " The fp64 backward above head dim 128 needs more than the 99 KiB of shared memory "
             "per block of compute capability 8.6, 8.9 and 12.x at any tile size; run that "
-            "call under attnlens.use_backend('reference') (plain PyTorch) instead."
+            "call under attnlens.use_backend('torch') (plain PyTorch, blocked) instead."
         )
     return ""
 

@@ -486,10 +486,10 @@ class TestTensorDescriptorPath:
         assert not any(used for _, used in launches)
 
 
-def test_auto_keeps_cuda_devices_older_than_triton_supports_on_the_reference_path(monkeypatch):
+def test_auto_keeps_cuda_devices_older_than_triton_supports_on_the_torch_path(monkeypatch):
     """Triton supports compute capability 8.0 and newer (older cards get FMA products and tiles
-    never compiled for their shared memory): "auto" sends a V100/T4 to the reference path, newer
-    cards to the kernels, and ``use_backend("kernels")`` still forces them."""
+    never compiled for their shared memory): "auto" sends a V100/T4 to the "torch" path (PyTorch
+    operations), newer cards to the kernels, and ``use_backend("kernels")`` still forces them."""
     import attnlens.kernels
 
     monkeypatch.setattr(attnlens.kernels, "INTERPRETED", False)  # as on a machine with real GPUs
@@ -499,10 +499,10 @@ def test_auto_keeps_cuda_devices_older_than_triton_supports_on_the_reference_pat
         "get_device_properties",
         lambda device: SimpleNamespace(major=capabilities[device.index][0], minor=capabilities[device.index][1]),
     )
-    assert attnlens.selected_backend(torch.device("cuda", 0)) == "reference"
+    assert attnlens.selected_backend(torch.device("cuda", 0)) == "torch"
     assert attnlens.selected_backend(torch.device("cuda")) == "kernels"  # the current device, 8.6
     assert attnlens.selected_backend(torch.device("cuda", 2)) == "kernels"
-    assert attnlens.selected_backend(torch.device("cpu")) == "reference"  # not interpreted here
+    assert attnlens.selected_backend(torch.device("cpu")) == "torch"  # not interpreted here: the CPU path
     with attnlens.use_backend("kernels"):
         assert attnlens.selected_backend(torch.device("cuda", 0)) == "kernels"
     with attnlens.use_backend("reference"):

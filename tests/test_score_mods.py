@@ -5,6 +5,7 @@ the weights and the sinks' share too), on shapes that break naive block ranges."
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -16,8 +17,32 @@ from helpers import DEVICE, assert_rule, check_grads, make_qkv, max_error, refer
 
 F64 = torch.float64
 SMALL_TILES = dict(block_m=16, block_n=16)
-# The paths under test (the reference is the oracle itself): the kernels, and the CPU path.
-PATHS = [backend for backend in ("kernels", "torch") if backend in attnlens.functional.BACKENDS]
+# The paths under test (the reference is the oracle itself): the kernels, and the CPU path on
+# each of its roads: direct (one block of torch operations), blocked (16-row query blocks, all
+# heads at once) and blocked a few heads at a time.
+PATHS = ["kernels", "torch", "torch-blocked", "torch-heads"]
+_CPU_LAYOUTS = {  # (BLOCK_ELEMENTS, HEAD_LOOP_ELEMENTS, DIRECT_ELEMENTS) of attnlens.blocked
+    "torch-blocked": (1 << 9, 1 << 40, 0),
+    "torch-heads": (1 << 9, 1 << 10, 0),
+}
+
+
+@contextlib.contextmanager
+def on_path(path: str):
+    """Run on ``path``: a backend, or the CPU path with the block layout that forces one of its roads."""
+    from attnlens import blocked
+
+    backend = "torch" if path.startswith("torch") else path
+    knobs = ("BLOCK_ELEMENTS", "HEAD_LOOP_ELEMENTS", "DIRECT_ELEMENTS")
+    saved = [getattr(blocked, knob) for knob in knobs]
+    for knob, value in zip(knobs, _CPU_LAYOUTS.get(path, saved)):
+        setattr(blocked, knob, value)
+    try:
+        with attnlens.use_backend(backend), override_config(**SMALL_TILES):
+            yield
+    finally:
+        for knob, value in zip(knobs, saved):
+            setattr(blocked, knob, value)
 
 
 def _padding(batch: int, seqlen_k: int) -> torch.Tensor:
@@ -75,7 +100,7 @@ def test_forward_and_weights_match_the_oracle(backend, mods, case):
     dtype = torch.float16 if backend == "kernels" and case % 2 else torch.float32
     q, k, v = make_qkv(*shape[:2], *shape[3:], dtype=dtype, heads_kv=shape[2])
     kwargs = _call_kwargs(shape, call, mods, dtype)
-    with attnlens.use_backend(backend), override_config(**SMALL_TILES):
+    with on_path(backend):
         out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
         _, mean = attnlens.scaled_dot_product_attention(q, k, v, return_weights="mean", **kwargs)
     exact = reference(q, k, v, F64, **kwargs)
@@ -97,7 +122,7 @@ def test_gradients_match_the_oracle(backend, mods, weights):
     q, k, v = make_qkv(*shape[:2], *shape[3:], dtype=torch.float32, heads_kv=shape[2])
     kwargs = _call_kwargs(shape, call, mods, torch.float32)
     kwargs["return_weights"] = True if weights == "per_head" else "mean"
-    with attnlens.use_backend(backend), override_config(**SMALL_TILES):
+    with on_path(backend):
         check_grads(q, k, v, grad_weights=True, **kwargs)
 
 
@@ -105,19 +130,20 @@ def test_fp64_gradcheck_through_every_modification():
     """float64 gradcheck of the kernels with soft-capping, ALiBi, a window and sinks at once:
     the gradients of q, k, v and the sinks, through the output, the weights and the sinks' share."""
     torch.manual_seed(1)
-    q, k, v = (t.requires_grad_(True) for t in make_qkv(1, 2, 19, 23, 8, F64))
+    q, k, v = (t.requires_grad_(True) for t in make_qkv(1, 2, 11, 13, 8, F64))
     sinks = torch.randn(2, dtype=F64, device=DEVICE, requires_grad=True)
     slopes = torch.tensor([0.25, 0.5], dtype=F64, device=DEVICE)
 
     def attention(q, k, v, sinks):
         out, weights, share = attnlens.scaled_dot_product_attention(
-            q, k, v, is_causal=True, softcap=3.0, window=(7, -1), alibi_slopes=slopes, sinks=sinks,
+            q, k, v, is_causal=True, softcap=3.0, window=(4, -1), alibi_slopes=slopes, sinks=sinks,
             return_weights=True, return_sink_share=True,
         )  # fmt: skip
         return out, weights, share
 
     with attnlens.use_backend("kernels"), override_config(**SMALL_TILES):
-        assert torch.autograd.gradcheck(attention, (q, k, v, sinks), eps=1e-6, atol=1e-7, rtol=1e-5)
+        # fast mode (random projections of the Jacobian): each interpreted call takes a while
+        assert torch.autograd.gradcheck(attention, (q, k, v, sinks), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize("backend", PATHS)
@@ -131,7 +157,7 @@ def test_sinks_share_completes_each_row_and_gets_its_gradient(backend):
     grads, results = {}, {}
     for path in (backend, "reference"):
         sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=F64, device=DEVICE, requires_grad=True)
-        with attnlens.use_backend(path), override_config(**SMALL_TILES):
+        with on_path(path):
             out, weights, share = attnlens.scaled_dot_product_attention(
                 q, k, v, sinks=sinks, return_weights=True, return_sink_share=True, **kwargs
             )
@@ -153,7 +179,7 @@ def test_sinks_share_completes_each_row_and_gets_its_gradient(backend):
 def test_dropout_with_modifications_matches_the_oracle_given_the_same_pattern(backend):
     q, k, v = make_qkv(2, 2, 21, 35, 8, F64)
     kwargs = dict(dropout_p=0.3, is_causal=True, softcap=2.0, window=(5, -1), sinks=torch.zeros(2, dtype=F64))
-    with attnlens.use_backend(backend), override_config(**SMALL_TILES):
+    with on_path(backend):
         torch.manual_seed(11)
         out, weights = attnlens.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
         torch.manual_seed(11)

@@ -7,7 +7,7 @@ the fused kernels with ``attnlens.capture_attention``, and writes every picture 
 plus an ``index.html`` that walks through them in order. ``train_tour_model`` and
 ``look_inside`` are the two halves, also used by the explorer app (``python -m attnlens app``).
 
-On a CPU the training runs on the plain-PyTorch reference path (Triton's interpreter is far too
+On a CPU the training runs on the CPU path, plain PyTorch operations (Triton's interpreter is far too
 slow to train with) and the example's attention is captured through the real kernels in the
 interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported (``python -m attnlens``
 does that when there is no GPU). On a GPU everything runs on the compiled kernels.
@@ -68,7 +68,7 @@ class TrainedModel:
     data: TaskData
     task: str
     seconds: float
-    backend: str  #: the attention path training ran on ("reference" on a CPU)
+    backend: str  #: the attention path training ran on ("torch" on a CPU)
     device: torch.device
 
 
@@ -92,7 +92,7 @@ class SentenceAttention:
     encoder_names: List[str]
     decoder_names: List[str]
     cross_names: List[str]
-    backend: str  #: the attention path that computed the weights ("kernels" or "reference")
+    backend: str  #: the attention path that computed the weights ("kernels" or "torch")
 
     def explorer(self, title: Optional[str] = None) -> viz.Explorer:
         """The interactive page: cross-attention first (where the task's structure shows), then
@@ -191,12 +191,13 @@ def train_tour_model(
     """Train the tour's encoder-decoder on ``task`` (``attnlens.tiny.train_on_task`` with the
     tour's sizes); about a minute on two CPU cores at the default 600 steps, seconds at 100.
 
-    On a CPU it trains on the reference path with one thread (Triton's interpreter runs the kernels
-    one program at a time in numpy: fine for looking at one example, far too slow for thousands of
-    training steps); on a GPU on the compiled kernels.
+    On a CPU it trains on the CPU path (plain PyTorch operations) with one thread, whether or not
+    Triton's interpreter is on (the interpreter runs the kernels one program at a time in numpy:
+    fine for looking at one example, far too slow for thousands of training steps); on a GPU on
+    the compiled kernels.
     """
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    backend = "reference" if dev.type == "cpu" else "auto"
+    backend = "torch" if dev.type == "cpu" else "auto"
     started = time.perf_counter()
     threads = torch.get_num_threads()
     if dev.type == "cpu":
@@ -218,7 +219,7 @@ def train_tour_model(
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
-    backend = attnlens.selected_backend(dev) if backend == "auto" else "reference"
+    backend = attnlens.selected_backend(dev) if backend == "auto" else backend
     return TrainedModel(model.eval(), history, data, task, seconds, backend, dev)
 
 
@@ -312,7 +313,7 @@ def run_tour(
     if not words:
         raise ValueError("sentence must hold at least one word")
 
-    # 1. Train (on the reference path on a CPU: see train_tour_model).
+    # 1. Train (on the CPU path on a CPU: see train_tour_model).
     trained = train_tour_model(
         task,
         steps=steps,
