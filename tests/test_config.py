@@ -190,7 +190,7 @@ def test_out_of_resources_names_the_kernel_and_the_remedy():
     assert "override_config('backward_dq'" in message and "ATTNLENS_CONFIG_BACKWARD_DQ" in message
     assert "fp64" not in message
     assert isinstance(info.value.__cause__, launch.OutOfResources)
-    with pytest.raises(RuntimeError, match="fp64 backward above head dim 128.*use_backend.'reference'"):
+    with pytest.raises(RuntimeError, match="fp64 backward above head dim 128.*use_backend.'torch'"):
         with launch.explain_resources("backward_dkdv", cfg, torch.float64, 200):
             raise _out_of_resources()
 

@@ -175,7 +175,7 @@ def test_explorer_page_is_written_and_linked(small_tour):
 
 def test_look_inside_a_trained_model():
     trained = tour.train_tour_model("copy", steps=2, d_model=16, nhead=2, num_layers=1, progress=False)
-    assert trained.backend == "reference" and trained.model.training is False
+    assert trained.backend == "torch" and trained.model.training is False  # the CPU path
     inside = tour.look_inside(trained.model, ["x", "y", "x"])
     assert inside.source == ["x", "y", "x"]
     nt = len(inside.target)
