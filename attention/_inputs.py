@@ -389,8 +389,8 @@ def prepare(
             )
         key_padding_mask = key_padding_mask.reshape(math.prod(batch_dims), seqlen_k)
 
-    softcap = _softcap(softcap)
-    window = _window(window)
+    softcap = check_softcap(softcap)
+    window = check_window(window)
     per_head = sinks is not None or alibi_slopes is not None
     # Per-head sinks and slopes need the heads as they are: no folding of batch dims into them.
     may_fold = key_padding_mask is None and weights_mode != 2 and not per_head
@@ -421,7 +421,7 @@ def prepare(
     )
 
 
-def _softcap(softcap: object) -> Optional[float]:
+def check_softcap(softcap: object) -> Optional[float]:
     if softcap is None:
         return None
     value = _real("softcap", softcap, "a positive float or None")
@@ -432,7 +432,7 @@ def _softcap(softcap: object) -> Optional[float]:
     return value
 
 
-def _window(window: object) -> Optional[Tuple[int, int]]:
+def check_window(window: object) -> Optional[Tuple[int, int]]:
     """``(left, right)`` as ints >= -1 (-1: unbounded), or None for no window (also (-1, -1))."""
     if window is None:
         return None

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlens import reference
+from attnlens._inputs import check_softcap, check_window
 from attnlens.functional import scaled_dot_product_attention
 
 __all__ = ["MultiHeadAttention", "SelfAttention", "MultiHeadSelfAttention"]
@@ -169,10 +170,19 @@ class MultiHeadAttention(nn.MultiheadAttention):
     into modules with the same ``num_kv_heads``; with ``num_kv_heads == num_heads`` everything,
     including the random initialisation under a given seed, is torch's.
 
-    Soft-capping, sliding windows, ALiBi and attention sinks are not arguments of torch's module,
-    and this one keeps torch's signature: a layer that needs them calls
-    ``attnlens.scaled_dot_product_attention(..., softcap=, window=, alibi_slopes=, sinks=)`` on its
-    own projections (the Hugging Face bridge does exactly that for Gemma 2, gpt-oss, Mistral).
+    Score modifications (keyword only, all off by default, so the module stays torch's unless
+    asked): ``softcap`` (a positive float: scores become ``softcap * tanh(scores / softcap)``,
+    Gemma 2's rule), ``window`` (``(left, right)`` keys around the diagonal, ``-1`` unbounded, as
+    flash-attn's ``window_size``; key blocks outside it are skipped), ``alibi_slopes`` (a
+    ``[num_heads]`` tensor, bias ``-slope * |i - j|``, kept as a non-persistent buffer so ``.to()``
+    moves it and state_dicts stay torch's) and ``sinks=True`` (a learned logit per head,
+    ``self.sinks`` ``[num_heads]`` initialised to 0, that joins every row's softmax: the returned
+    weights are those over the real keys and sum to less than 1; it is a parameter, so it appears
+    in the state_dict). They act in ``forward`` exactly as the same arguments of
+    ``attnlens.scaled_dot_product_attention`` on the module's projections, with every mask,
+    ``need_weights`` mode and dropout; torch's inference fast path is not taken when one is set.
+    ``window`` and ``alibi_slopes`` measure distances between positions, so they refuse
+    ``add_bias_kv``/``add_zero_attn`` (whose appended key has no position).
     """
 
     def __init__(
@@ -190,6 +200,10 @@ class MultiHeadAttention(nn.MultiheadAttention):
         dtype=None,
         *,
         num_kv_heads: Optional[int] = None,
+        softcap: Optional[float] = None,
+        window: Optional[Tuple[int, int]] = None,
+        alibi_slopes: Optional[torch.Tensor] = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__(
             embed_dim,
@@ -213,6 +227,50 @@ class MultiHeadAttention(nn.MultiheadAttention):
         self.num_kv_heads = int(num_kv_heads)
         if self.num_kv_heads != num_heads:
             self._use_grouped_projections(bias, add_bias_kv, device, dtype)
+        self._set_score_mods(softcap, window, alibi_slopes, sinks, device, dtype)
+
+    def _set_score_mods(self, softcap, window, alibi_slopes, sinks, device, dtype) -> None:
+        """Check and keep the score modifications (see the class docstring)."""
+        self.softcap = check_softcap(softcap)
+        self.window = check_window(window)
+        positional = [
+            name for name, value in (("window", self.window), ("alibi_slopes", alibi_slopes)) if value is not None
+        ]
+        if positional and (self.bias_k is not None or self.add_zero_attn):
+            raise ValueError(
+                f"{' and '.join(positional)} measure distances between positions, but add_bias_kv/add_zero_attn "
+                f"append a key without one; use one or the other"
+            )
+        if alibi_slopes is not None:
+            if not isinstance(alibi_slopes, torch.Tensor):
+                raise TypeError(
+                    f"alibi_slopes must be a tensor of shape [num_heads] or None, got {type(alibi_slopes).__name__}"
+                )
+            if not alibi_slopes.is_floating_point() or tuple(alibi_slopes.shape) != (self.num_heads,):
+                raise ValueError(
+                    f"alibi_slopes must be a floating point tensor of shape [num_heads] = [{self.num_heads}], got "
+                    f"{alibi_slopes.dtype} {list(alibi_slopes.shape)}"
+                )
+            # float32 at least: the bias grows with the distance, so half-precision slopes would lose it
+            precision = torch.promote_types(alibi_slopes.dtype, torch.float32)
+            alibi_slopes = alibi_slopes.detach().to(
+                device=device if device is not None else alibi_slopes.device, dtype=precision
+            )
+        self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
+        if not isinstance(sinks, bool):
+            raise TypeError(f"sinks must be a bool (True: a learned sink logit per head), got {type(sinks).__name__}")
+        self.register_parameter(
+            "sinks", nn.Parameter(torch.zeros(self.num_heads, device=device, dtype=dtype)) if sinks else None
+        )
+
+    @property
+    def _modifies_scores(self) -> bool:
+        return (
+            self.softcap is not None
+            or self.window is not None
+            or self.alibi_slopes is not None
+            or self.sinks is not None
+        )
 
     def _use_grouped_projections(self, bias: bool, add_bias_kv: bool, device, dtype) -> None:
         """Replace the projections torch made with ones whose key/value side has ``num_kv_heads`` heads."""
@@ -232,11 +290,22 @@ class MultiHeadAttention(nn.MultiheadAttention):
 
     def __setstate__(self, state):
         state.setdefault("num_kv_heads", state.get("num_heads"))
+        for name in ("softcap", "window"):
+            state.setdefault(name, None)
+        state.setdefault("_parameters", OrderedDict()).setdefault("sinks", None)
+        state.setdefault("_buffers", OrderedDict()).setdefault("alibi_slopes", None)
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
         grouped = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}{grouped}, batch_first={self.batch_first}"
+        mods = "".join(
+            f", {name}={value}"
+            for name, value in (("softcap", self.softcap), ("window", self.window))
+            if value is not None
+        )
+        mods += ", alibi_slopes=[...]" if self.alibi_slopes is not None else ""
+        mods += ", sinks=True" if self.sinks is not None else ""
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}{grouped}, batch_first={self.batch_first}{mods}"
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -265,7 +334,7 @@ class MultiHeadAttention(nn.MultiheadAttention):
             raise AssertionError(
                 "attnlens.MultiHeadAttention does not take NestedTensor inputs; pad the batch and pass key_padding_mask"
             )
-        if not self.training:
+        if not self.training and not self._modifies_scores:
             fast = self._inference_fast_path(
                 query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
             )
@@ -356,6 +425,10 @@ class MultiHeadAttention(nn.MultiheadAttention):
             enable_gqa=self.num_kv_heads != self.num_heads,
             key_padding_mask=sdpa_padding,
             return_weights=return_weights,
+            softcap=self.softcap,
+            window=self.window,
+            alibi_slopes=self.alibi_slopes,
+            sinks=self.sinks,
         )
         out, weights = result if need_weights else (result, None)
 

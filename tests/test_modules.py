@@ -752,6 +752,127 @@ def test_fully_masked_rows_give_zero_weights_not_nan(backend):
 
 
 # ----------------------------------------------------------------------------------------------
+# score modifications: softcap, window, alibi_slopes, sinks
+
+
+def modified_by_hand(module: MultiHeadAttention, x: torch.Tensor, pad: Optional[torch.Tensor], causal: bool):
+    """What the module must compute, in float64: its own projections, then the float64 oracle
+    with the same modifications (masks in SDPA's convention: True = attend)."""
+    e, h = module.embed_dim, module.num_heads
+    x = x.double()
+    w, b = module.in_proj_weight.double(), module.in_proj_bias.double()
+    q, k, v = (torch.nn.functional.linear(x, w[i * e : (i + 1) * e], b[i * e : (i + 1) * e]) for i in range(3))
+    q, k, v = (t.unflatten(-1, (h, e // h)).transpose(1, 2) for t in (q, k, v))
+    allowed = None
+    if pad is not None:
+        allowed = ~pad[:, None, None, :]
+    if causal:
+        causal_allowed = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+        allowed = causal_allowed if allowed is None else allowed & causal_allowed
+    out, weights = attnlens.reference.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=allowed,
+        return_weights=True,
+        softcap=module.softcap,
+        window=module.window,
+        alibi_slopes=None if module.alibi_slopes is None else module.alibi_slopes.double(),
+        sinks=None if module.sinks is None else module.sinks.double(),
+    )
+    out = out.transpose(1, 2).flatten(-2)
+    out = torch.nn.functional.linear(out, module.out_proj.weight.double(), module.out_proj.bias.double())
+    return out, weights
+
+
+MODS = {
+    "softcap": dict(softcap=0.7),
+    "window": dict(window=(2, 1)),
+    "alibi": dict(alibi_slopes=torch.tensor([0.5, 0.125])),
+    "sinks": dict(sinks=True),
+    "all": dict(softcap=1.5, window=(3, 0), alibi_slopes=torch.tensor([0.25, 1.0]), sinks=True),
+}
+
+
+@pytest.mark.parametrize("backend", ["kernels", "torch", "reference"])
+@pytest.mark.parametrize("mods", list(MODS))
+def test_score_modifications_are_the_functional_ones(backend, mods):
+    """The module with each modification = its projections through the oracle with the same
+    arguments, in eval (torch's fast path must not be taken) and training (no dropout), with key
+    padding, the causal hint and weights per head and averaged."""
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(EMBED, HEADS, batch_first=True, device=DEVICE, **MODS[mods])
+    with torch.no_grad():
+        ours.in_proj_bias.normal_(0.0, 0.5)
+        ours.out_proj.bias.normal_(0.0, 0.5)
+        if ours.sinks is not None:
+            ours.sinks.copy_(torch.tensor([0.3, -1.0]))
+    x = torch.randn(BATCH, LEN_K, EMBED, device=DEVICE)
+    pad = padding_mask("bool", BATCH, LEN_K, torch.float32)
+    causal_mask = nn.Transformer.generate_square_subsequent_mask(LEN_K, device=DEVICE, dtype=torch.bool)
+    for training, kwargs in itertools.product(
+        (False, True),
+        (
+            dict(need_weights=False),
+            dict(key_padding_mask=pad, average_attn_weights=False),
+            dict(attn_mask=causal_mask, is_causal=True, key_padding_mask=pad),
+        ),
+    ):
+        ours.train(training)
+        with attnlens.use_backend(backend):
+            out, weights = ours(x, x, x, **kwargs)
+        exact_out, exact_w = modified_by_hand(ours, x, kwargs.get("key_padding_mask"), "attn_mask" in kwargs)
+        name = f"{mods}, training={training}, {sorted(kwargs)}"
+        torch.testing.assert_close(out.double(), exact_out, atol=2e-5, rtol=2e-5, msg=lambda m: f"{name} output: {m}")
+        if kwargs.get("need_weights", True):
+            expected = exact_w.mean(1) if kwargs.get("average_attn_weights", True) else exact_w
+            torch.testing.assert_close(weights.double(), expected, atol=2e-6, rtol=2e-5, msg=lambda m: f"{name} weights: {m}")
+        else:
+            assert weights is None
+
+
+@pytest.mark.parametrize("backend", ["kernels", "torch"])
+def test_learned_sinks_get_gradients_and_live_in_the_state_dict(backend):
+    torch.manual_seed(1)
+    ours = MultiHeadAttention(EMBED, HEADS, batch_first=True, device=DEVICE, sinks=True, alibi_slopes=torch.ones(HEADS))
+    assert "sinks" in ours.state_dict() and "alibi_slopes" not in ours.state_dict()
+    x = torch.randn(BATCH, LEN_Q, EMBED, device=DEVICE, dtype=torch.float64)
+    ours = ours.double()
+    with attnlens.use_backend(backend):
+        out, weights = ours(x, x, x, need_weights=True)
+        (out.square().sum() + weights.square().sum()).backward()
+    got = ours.sinks.grad.clone()
+    ours.sinks.grad = None
+    exact_out, exact_w = modified_by_hand(ours, x, None, False)
+    (exact_out.square().sum() + exact_w.mean(1).square().sum()).backward()
+    torch.testing.assert_close(got, ours.sinks.grad, atol=1e-10, rtol=1e-8)
+    assert bool((weights.sum(-1) < 1).all())  # the sink takes its share of every row
+    plain = MultiHeadAttention(EMBED, HEADS, device=DEVICE)
+    with pytest.raises(RuntimeError, match="sinks"):
+        plain.load_state_dict(ours.state_dict())  # strict: the unexpected key is named
+    clone = copy.deepcopy(ours)
+    assert clone.sinks is not None and clone.window is None and "sinks=True" in repr(clone)
+
+
+SCORE_MOD_ERRORS = {
+    "softcap": (dict(softcap=-1.0), ValueError, "softcap must be a positive"),
+    "window": (dict(window=(1,)), TypeError, "window must be"),
+    "alibi shape": (dict(alibi_slopes=torch.ones(3)), ValueError, r"alibi_slopes must be .*\[num_heads\] = \[2\]"),
+    "alibi type": (dict(alibi_slopes=[1.0, 2.0]), TypeError, "alibi_slopes must be a tensor"),
+    "sinks": (dict(sinks=1), TypeError, "sinks must be a bool"),
+    "window with bias_kv": (dict(window=(1, 1), add_bias_kv=True), ValueError, "window measure distances"),
+    "alibi with zero_attn": (dict(alibi_slopes=torch.ones(2), add_zero_attn=True), ValueError, "alibi_slopes measure"),
+}
+
+
+@pytest.mark.parametrize("name", list(SCORE_MOD_ERRORS))
+def test_score_modification_errors(name):
+    kwargs, error, message = SCORE_MOD_ERRORS[name]
+    with pytest.raises(error, match=message):
+        MultiHeadAttention(EMBED, HEADS, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
 # teaching modules
 
 

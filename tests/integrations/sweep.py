@@ -288,7 +288,7 @@ def _check_generation(eager: torch.nn.Module, lens: torch.nn.Module, config: Any
     return f"; generates the same {NEW_TOKENS} tokens"
 
 
-def sweep(architecture: Architecture, backend: str = "reference") -> Outcome:
+def sweep(architecture: Architecture, backend: str = "torch") -> Outcome:
     """Run one architecture; see the module docstring for the outcomes."""
     start = time.perf_counter()
     outcome = Outcome(architecture.model_type, architecture.kind, architecture.class_name, "skipped", "")
@@ -402,7 +402,7 @@ def main(argv: List[str]) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_types", nargs="*", help="sweep only these (default: every architecture)")
-    parser.add_argument("--backend", default="reference")
+    parser.add_argument("--backend", default="torch")
     parser.add_argument("--table", type=Path, help="write the markdown table of outcomes here")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()

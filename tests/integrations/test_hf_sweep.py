@@ -48,8 +48,8 @@ FAST = {
     "gpt_oss": "matches",  # attention sinks, sliding windows
     "gemma3_text": "matches",  # sliding and global layers
 }
-# The CPU paths: the reference, and the faster plain-torch path where this attnlens has one.
-CPU_BACKENDS = [backend for backend in ("reference", "torch") if backend in attnlens.functional.BACKENDS]
+# The CPU paths: the CPU path users get (the whole sweep runs there), and the reference.
+CPU_BACKENDS = ["torch", "reference"]
 ARCHITECTURES = architectures()
 
 

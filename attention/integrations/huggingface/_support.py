@@ -34,9 +34,9 @@ _INTERFACE = "ALL_ATTENTION_FUNCTIONS"
 # What an attention module that computes attention itself calls.
 _OWN_ATTENTION = re.compile(r"\bsoftmax\(|\bscaled_dot_product_attention\(")
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
-# An attention module that appends entries of its own to the mask it was given (DeepSeek-V4 casts a
-# float bias to the mask's dtype and concatenates it): a boolean "True = attend" mask cannot carry them.
-_EXTENDS_MASK = re.compile(r"torch\.cat\(\s*\[\s*attention_mask\b")
+# An attention module that casts values of its own to the mask's dtype to extend the mask it was
+# given (DeepSeek-V4 concatenates a float bias): a boolean "True = attend" mask cannot carry them.
+_EXTENDS_MASK = re.compile(r"\.to\(\s*attention_mask\.dtype\s*\)")
 _ALTERNATIVE = "use attn_implementation='eager' for this model (with output_attentions=True it returns the weights too)"
 _PATCHED = "_attnlens_load_check"
 
