@@ -160,6 +160,8 @@ def _real(name: str, value: object, expected: str) -> float:
 
 
 def _broadcast(what: str, shapes: Sequence[Tuple[int, ...]], described: str) -> Tuple[int, ...]:
+    if all(shape == shapes[0] for shape in shapes):
+        return tuple(shapes[0])  # the common case, without torch's general rule (tens of microseconds)
     try:
         return tuple(torch.broadcast_shapes(*shapes))
     except RuntimeError:
@@ -192,6 +194,8 @@ def _with_heads(t: torch.Tensor, rank: int, batch_dims: Tuple[int, ...], heads: 
     """``t`` ``[..., N, D]`` as ``[*batch_dims, heads, N, D]``: missing leading dims added and size-1
     dims expanded (views, stride 0). Only a head count other than 1 that must grow (key and value
     with different head counts under ``enable_gqa``) is repeated, which copies."""
+    if t.dim() == rank + 2 and t.shape[:-2] == (*batch_dims, heads):
+        return t  # already [*batch_dims, heads, N, D]
     t = t[(None,) * (rank + 2 - t.dim())]
     if rank == 0:  # [N, D] everywhere: one head
         return t[None]

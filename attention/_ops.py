@@ -78,6 +78,11 @@ def _params(values) -> SimpleNamespace:
     return SimpleNamespace(**dict(zip(_PROBLEM_ARGS, values)))
 
 
+def _named_params(scope: dict) -> SimpleNamespace:
+    """The problem arguments out of an op's own arguments (its ``locals()``), by name."""
+    return SimpleNamespace(**{name: scope[name] for name in _PROBLEM_ARGS})
+
+
 def _forward_impl(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -96,23 +101,7 @@ def _forward_impl(
     weights_mode: int,
     allow_tf32: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    params = _params(
-        (
-            attn_mask,
-            key_padding_mask,
-            seed,
-            alibi_slopes,
-            sinks,
-            scale,
-            dropout_p,
-            softcap,
-            window,
-            is_causal,
-            causal_offset,
-            weights_mode,
-            allow_tf32,
-        )
-    )
+    params = _named_params(locals())
     problem = _problem(params)
     out, row_stats = launch_forward(query, key, value, problem)
     if weights_mode == _MODE_NONE:
@@ -165,23 +154,7 @@ def _backward_impl(
     weights_mode: int,
     allow_tf32: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    params = _params(
-        (
-            attn_mask,
-            key_padding_mask,
-            seed,
-            alibi_slopes,
-            sinks,
-            scale,
-            dropout_p,
-            softcap,
-            window,
-            is_causal,
-            causal_offset,
-            weights_mode,
-            allow_tf32,
-        )
-    )
+    params = _named_params(locals())
     grad_q, grad_k, grad_v, grad_sinks = launch_backward(
         query,
         key,

@@ -75,7 +75,8 @@ def kernels_available(device: torch.device) -> bool:
 
     A CPU without the interpreter, or a device other than CPU and CUDA, is answered without
     importing triton."""
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if device.type == "cpu" and not _interpreter_on():
         return False
     if device.type not in ("cpu", "cuda"):

@@ -826,7 +826,9 @@ def test_score_modifications_are_the_functional_ones(backend, mods):
         torch.testing.assert_close(out.double(), exact_out, atol=2e-5, rtol=2e-5, msg=lambda m: f"{name} output: {m}")
         if kwargs.get("need_weights", True):
             expected = exact_w.mean(1) if kwargs.get("average_attn_weights", True) else exact_w
-            torch.testing.assert_close(weights.double(), expected, atol=2e-6, rtol=2e-5, msg=lambda m: f"{name} weights: {m}")
+            torch.testing.assert_close(
+                weights.double(), expected, atol=2e-6, rtol=2e-5, msg=lambda m: f"{name} weights: {m}"
+            )
         else:
             assert weights is None
 
