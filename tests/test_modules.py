@@ -823,11 +823,13 @@ def test_score_modifications_are_the_functional_ones(backend, mods):
             out, weights = ours(x, x, x, **kwargs)
         exact_out, exact_w = modified_by_hand(ours, x, kwargs.get("key_padding_mask"), "attn_mask" in kwargs)
         name = f"{mods}, training={training}, {sorted(kwargs)}"
-        torch.testing.assert_close(out.double(), exact_out, atol=2e-5, rtol=2e-5, msg=lambda m: f"{name} output: {m}")
+        torch.testing.assert_close(
+            out.double(), exact_out, atol=2e-5, rtol=2e-5, msg=functools.partial("{0} output: {1}".format, name)
+        )
         if kwargs.get("need_weights", True):
             expected = exact_w.mean(1) if kwargs.get("average_attn_weights", True) else exact_w
             torch.testing.assert_close(
-                weights.double(), expected, atol=2e-6, rtol=2e-5, msg=lambda m: f"{name} weights: {m}"
+                weights.double(), expected, atol=2e-6, rtol=2e-5, msg=functools.partial("{0} weights: {1}".format, name)
             )
         else:
             assert weights is None

@@ -17,7 +17,6 @@ pytest.importorskip("transformers.masking_utils")
 
 from transformers.models.auto import modeling_auto  # noqa: E402
 
-import attnlens  # noqa: E402
 from attnlens.integrations.huggingface import attention_outside_interface  # noqa: E402
 from integrations.architectures import architectures  # noqa: E402
 from integrations.conftest import SWEEP_MARKER  # noqa: E402
