@@ -191,10 +191,19 @@ def test_views_respond_to_the_pointer_and_the_keys(browser, tmp_path, shots):
 
     # the text view: clicking a token pins it; the key it attends to most is shaded darkest
     browser.find_element(By.CSS_SELECTOR, "button[data-view='text']").click()
-    browser.find_element(By.CSS_SELECTOR, ".ax-tok[data-side='q'][data-i='6']").click()
+    # (the view draws on the next animation frame: wait for its tokens)
+    tokens = _eventually(lambda: browser.find_elements(By.CSS_SELECTOR, ".ax-tok[data-side='q'][data-i='6']"))
+    assert tokens, "the text view drew no query token 6"
+    tokens[0].click()
     assert _state(browser)["token"] == "q:6"
-    title = browser.find_element(By.CSS_SELECTOR, ".ax-box[data-role='attends-to'] .ax-box-title")
-    assert _eventually(lambda: title.text.startswith("What “mat” (query 6) attends to")), title.text
+    # read by script each time: the redraw replaces the element, which selenium would report stale
+    title = _eventually(
+        lambda: browser.execute_script(
+            "const t = document.querySelector(\".ax-box[data-role='attends-to'] .ax-box-title\");"
+            " return t && t.textContent.startsWith('What \u201cmat\u201d (query 6) attends to') ? t.textContent : '';"
+        )
+    )
+    assert title, "the attends-to box never named query 6"
     alphas = browser.execute_script(
         "return Array.from(document.querySelectorAll(\".ax-tok[data-side='k']\"))"
         ".map(s => { const m = s.style.backgroundColor.match(/rgba?\\(([^)]*)\\)/);"
