@@ -141,6 +141,40 @@ def check_forward(q, k, v, **kwargs) -> None:
     assert_rule("mean weights", mean, exact[1].mean(1), lowp[1].mean(1))
 
 
+# Sequence lengths that break naive kernels (block edges of 16/32/64/128, primes), and unequal
+# query/key lengths both ways round; the kernel and CPU-path tests share them.
+ODD_SEQLENS = [1, 2, 3, 17, 31, 97, 113, 127, 128, 129, 200, 257]
+UNEQUAL_LENGTHS = [(113, 203), (203, 113), (1, 147), (147, 1), (3, 799), (799, 3), (127, 512), (512, 127)]
+
+
+def mixed_padding(batch, seqlen_k):
+    """key_padding_mask with right padding in batch 0, left padding in batch 1 and every third key
+    padded in batch 2 (True = padding)."""
+    pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=DEVICE)
+    pad[0, seqlen_k - seqlen_k // 3 :] = True  # right padding
+    if batch > 1:
+        pad[1, : seqlen_k // 4] = True  # left padding
+    if batch > 2:
+        pad[2, torch.arange(0, seqlen_k, 3)] = True  # scattered
+    return pad
+
+
+def random_bool_mask(shape, empty_rows=()):
+    """Random bool attn_mask (True = attend, 70 %) whose ``empty_rows`` attend to nothing."""
+    mask = torch.rand(shape, device=DEVICE) > 0.3
+    mask[..., list(empty_rows), :] = False
+    return mask
+
+
+def random_float_mask(shape, dtype):
+    """Random additive mask with a column of -inf and, for 2-D masks, one row of -inf."""
+    mask = torch.randn(shape, dtype=dtype, device=DEVICE)
+    mask[..., 2] = float("-inf")
+    if mask.dim() == 2:
+        mask[4] = float("-inf")
+    return mask
+
+
 def sdpa(*args, **kwargs):
     return attnlens.scaled_dot_product_attention(*args, **kwargs)
 
@@ -150,7 +184,7 @@ def sdpa(*args, **kwargs):
 # ---------------------------------------------------------------------------------------------
 
 
-def _outputs_and_grads(result, grad_out, grad_weights):
+def outputs_and_grads(result, grad_out, grad_weights):
     """The (outputs, their incoming gradients) of a call: ``out`` alone unless a weights gradient is given."""
     if isinstance(result, tuple):
         out, weights = result
@@ -168,7 +202,7 @@ def kernel_grads(q, k, v, grad_out, grad_weights=None, **kwargs):
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     with attnlens.use_backend("kernels"):
         result = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
-    outputs, grads = _outputs_and_grads(result, grad_out, grad_weights)
+    outputs, grads = outputs_and_grads(result, grad_out, grad_weights)
     return torch.autograd.grad(outputs, (q, k, v), grads)
 
 
@@ -191,7 +225,7 @@ def reference_grads(q, k, v, grad_out, grad_weights=None, dtype=None, dropout_ma
     result = (out, weights) if p.weights_mode else out
     if p.unbatched:
         result = tuple(t.squeeze(0) for t in result) if p.weights_mode else out.squeeze(0)
-    outputs, grads = _outputs_and_grads(result, cast(grad_out), cast(grad_weights))
+    outputs, grads = outputs_and_grads(result, cast(grad_out), cast(grad_weights))
     return torch.autograd.grad(outputs, leaves, grads)
 
 

@@ -34,6 +34,8 @@ from helpers import (
     kernel_grads,
     make_qkv,
     poisoned_like,
+    random_bool_mask,
+    random_float_mask,
     reference_grads,
 )
 
@@ -126,8 +128,12 @@ GRADCHECK_CASES = {
         SMALL_TILES,
     ),
     "key_padding": ((2, 1, 1, 13, 35, 5, 5), lambda: dict(key_padding_mask=padding(2, 35)), SMALL_TILES),
-    "bool_mask": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_bool_mask((2, 2, 11, 13), empty_rows=[0, 5])), None),
-    "float_mask_broadcast": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_float_mask((11, 13), F64)), None),
+    "bool_mask": (
+        (2, 2, 2, 11, 13, 4, 4),
+        lambda: dict(attn_mask=random_bool_mask((2, 2, 11, 13), empty_rows=[0, 5])),
+        None,
+    ),
+    "float_mask_broadcast": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=random_float_mask((11, 13), F64)), None),
     "gqa_2_to_1": ((1, 4, 2, 11, 13, 8, 8), lambda: dict(enable_gqa=True, is_causal=True), None),
     "gqa_blocks": (
         (1, 2, 1, 17, 20, 4, 4),
@@ -143,7 +149,7 @@ GRADCHECK_CASES = {
     ),
     "weights_mean": (
         (1, 2, 1, 9, 13, 4, 4),
-        lambda: dict(return_weights="mean", enable_gqa=True, attn_mask=_bool_mask((1, 2, 9, 13), empty_rows=[3])),
+        lambda: dict(return_weights="mean", enable_gqa=True, attn_mask=random_bool_mask((1, 2, 9, 13), empty_rows=[3])),
         None,
     ),
     "weights_blocks": (
@@ -163,27 +169,12 @@ GRADCHECK_CASES = {
             return_weights="mean",
             enable_gqa=True,
             is_causal=True,
-            attn_mask=_float_mask((1, 1, 17, 20), F64),
+            attn_mask=random_float_mask((1, 1, 17, 20), F64),
             key_padding_mask=padding(1, 20),
         ),
         SMALL_TILES,
     ),
 }
-
-
-def _bool_mask(shape, empty_rows=()):
-    mask = torch.rand(shape, device=DEVICE) > 0.3
-    mask[..., list(empty_rows), :] = False
-    return mask
-
-
-def _float_mask(shape, dtype):
-    """Random additive mask with a column of -inf and, for 2-D masks, one row of -inf."""
-    mask = torch.randn(shape, dtype=dtype, device=DEVICE)
-    mask[..., 2] = float("-inf")
-    if mask.dim() == 2:
-        mask[4] = float("-inf")
-    return mask
 
 
 @pytest.mark.parametrize("name", list(GRADCHECK_CASES))
@@ -220,12 +211,12 @@ ODD_CASES = {
     ),
     "203x113_d59_causal_top_left_bool_mask": (
         (1, 2, 2, 203, 113, 59, 59),
-        lambda dt: dict(is_causal=True, attn_mask=_bool_mask((203, 113))),
+        lambda dt: dict(is_causal=True, attn_mask=random_bool_mask((203, 113))),
         False,
     ),
     "1x147_d111_float_mask_padding": (
         (2, 2, 2, 1, 147, 111, 111),
-        lambda dt: dict(attn_mask=_float_mask((2, 1, 1, 147), dt), key_padding_mask=padding(2, 147)),
+        lambda dt: dict(attn_mask=random_float_mask((2, 1, 1, 147), dt), key_padding_mask=padding(2, 147)),
         False,
     ),
     "gqa_8_to_1_d64_causal": ((1, 8, 1, 33, 47, 64, 64), lambda dt: dict(enable_gqa=True, is_causal=True), False),
@@ -236,7 +227,7 @@ ODD_CASES = {
     ),
     "mean_weights_gqa_float_mask": (
         (1, 4, 2, 65, 90, 24, 24),
-        lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=_float_mask((65, 90), dt)),
+        lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=random_float_mask((65, 90), dt)),
         True,
     ),
 }
@@ -259,9 +250,9 @@ def test_every_mask_combination(mask_kind, causal, padded):
     q, k, v = make_qkv(batch, heads, seqlen_q, seqlen_k, 16, torch.float32)
     kwargs = dict(return_weights=True)
     if mask_kind == "bool":
-        kwargs["attn_mask"] = _bool_mask((batch, heads, seqlen_q, seqlen_k), empty_rows=[7])
+        kwargs["attn_mask"] = random_bool_mask((batch, heads, seqlen_q, seqlen_k), empty_rows=[7])
     elif mask_kind == "float":
-        kwargs["attn_mask"] = _float_mask((batch, 1, seqlen_q, seqlen_k), torch.float32)
+        kwargs["attn_mask"] = random_float_mask((batch, 1, seqlen_q, seqlen_k), torch.float32)
     if causal != "none":
         kwargs.update(is_causal=True, causal_alignment=causal)
     if padded:
@@ -359,7 +350,7 @@ def test_rows_with_nothing_to_attend_to_get_zero_gradients(case):
     kwargs = dict(return_weights=True)
     empty = zeros(batch, heads, seqlen_q, dtype=torch.bool)
     if case == "bool_rows":
-        kwargs["attn_mask"] = _bool_mask((seqlen_q, seqlen_k), empty_rows=[0, 9, 19])
+        kwargs["attn_mask"] = random_bool_mask((seqlen_q, seqlen_k), empty_rows=[0, 9, 19])
         empty[:, :, [0, 9, 19]] = True
     elif case == "float_rows":
         mask = randn(batch, 1, seqlen_q, seqlen_k)

@@ -27,7 +27,20 @@ import attnlens
 import attnlens.blocked as blocked
 from attnlens._inputs import prepare
 from attnlens.reference import scaled_dot_product_attention as reference_sdpa
-from helpers import _outputs_and_grads, assert_equal, assert_rule, make_qkv, poisoned_like, reference, reference_grads
+from helpers import (
+    ODD_SEQLENS,
+    UNEQUAL_LENGTHS,
+    assert_equal,
+    assert_rule,
+    make_qkv,
+    mixed_padding,
+    outputs_and_grads,
+    poisoned_like,
+    random_bool_mask,
+    random_float_mask,
+    reference,
+    reference_grads,
+)
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 F64 = torch.float64
@@ -94,7 +107,7 @@ def check(q, k, v, **kwargs):
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seqlen", [1, 2, 3, 17, 31, 97, 113, 127, 128, 129, 200, 257])
+@pytest.mark.parametrize("seqlen", ODD_SEQLENS)
 def test_sequence_lengths(name, dtype, seqlen):
     q, k, v = make_qkv(1, 2, seqlen, seqlen, 64, dtype)
     with layout(name):
@@ -108,9 +121,7 @@ def test_long_sequences(seqlen):
     check(q, k, v, is_causal=True)
 
 
-@pytest.mark.parametrize(
-    "seqlen_q,seqlen_k", [(113, 203), (203, 113), (1, 147), (147, 1), (3, 799), (799, 3), (127, 512), (512, 127)]
-)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", UNEQUAL_LENGTHS)
 @pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
 def test_unequal_lengths(seqlen_q, seqlen_k, alignment):
     q, k, v = make_qkv(2, 1, seqlen_q, seqlen_k, 40, torch.float16)
@@ -162,16 +173,6 @@ def _masks(kind, batch, heads, seqlen_q, seqlen_k, dtype):
     raise ValueError(kind)
 
 
-def _padding(batch, seqlen_k):
-    pad = torch.zeros(batch, seqlen_k, dtype=torch.bool)
-    pad[0, seqlen_k - seqlen_k // 3 :] = True  # right padding
-    if batch > 1:
-        pad[1, : seqlen_k // 4] = True  # left padding
-    if batch > 2:
-        pad[2, torch.arange(0, seqlen_k, 3)] = True  # scattered
-    return pad
-
-
 @pytest.mark.parametrize("name", list(LAYOUTS))
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "bool_2d", "bool_keys", "float", "float_row"])
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
@@ -186,7 +187,7 @@ def test_every_mask_combination(name, mask_kind, causal, padding):
     if causal != "none":
         kwargs.update(is_causal=True, causal_alignment=causal)
     if padding:
-        kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
+        kwargs["key_padding_mask"] = mixed_padding(batch, seqlen_k)
     with layout(name):
         check(q, k, v, **kwargs)
 
@@ -203,7 +204,7 @@ def test_float_masks_of_another_dtype(dtype, mask_dtype):
     mask = torch.randn(2, 1, 1, 33).to(mask_dtype)
     mask[..., 5] = float("-inf")
     check(q, k, v, attn_mask=mask)
-    check(q, k, v, attn_mask=mask.expand(2, 1, 21, 33).contiguous(), key_padding_mask=_padding(2, 33))
+    check(q, k, v, attn_mask=mask.expand(2, 1, 21, 33).contiguous(), key_padding_mask=mixed_padding(2, 33))
 
 
 class TestRowsWithNothingToAttendTo:
@@ -325,7 +326,7 @@ def test_poisoned_memory_is_never_read(name, road, dtype):
     """Inputs and masks as views into NaN-filled buffers: finite results, equal to those of clean
     contiguous copies."""
     q, k, v = make_qkv(2, 3, 37, 51, 40, dtype)
-    pad = _padding(2, 51)
+    pad = mixed_padding(2, 51)
     for kwargs in (
         dict(attn_mask=torch.randn(2, 3, 37, 51, dtype=dtype), is_causal=True, causal_alignment="bottom_right"),
         dict(is_causal=True),
@@ -435,10 +436,12 @@ def _spy_fused(monkeypatch):
 FUSED = {
     "plain": lambda b, n: {},
     "causal": lambda b, n: dict(is_causal=True),
-    "padding": lambda b, n: dict(key_padding_mask=_padding(b, n)),
-    "causal_padding": lambda b, n: dict(is_causal=True, key_padding_mask=_padding(b, n)),
+    "padding": lambda b, n: dict(key_padding_mask=mixed_padding(b, n)),
+    "causal_padding": lambda b, n: dict(is_causal=True, key_padding_mask=mixed_padding(b, n)),
     "float_mask": lambda b, n: dict(attn_mask=torch.randn(b, 1, n, n, dtype=F64)),
-    "bool_keys_padding": lambda b, n: dict(attn_mask=torch.rand(b, 1, 1, n) > 0.2, key_padding_mask=_padding(b, n)),
+    "bool_keys_padding": lambda b, n: dict(
+        attn_mask=torch.rand(b, 1, 1, n) > 0.2, key_padding_mask=mixed_padding(b, n)
+    ),
 }
 BLOCKED = {
     "weights": lambda b, n: dict(return_weights=True),
@@ -446,7 +449,7 @@ BLOCKED = {
     "bottom_right": lambda b, n: dict(is_causal=True, causal_alignment="bottom_right"),
     "bool_mask_varies_over_queries": lambda b, n: dict(attn_mask=torch.rand(n, n) > 0.2),
     "float_mask_and_padding": lambda b, n: dict(
-        attn_mask=torch.randn(n, n, dtype=F64), key_padding_mask=_padding(b, n)
+        attn_mask=torch.randn(n, n, dtype=F64), key_padding_mask=mixed_padding(b, n)
     ),
 }
 
@@ -554,7 +557,7 @@ def torch_grads(q, k, v, grad_out, grad_weights=None, **kwargs):
     """``(dq, dk, dv)`` on the CPU path for ``sum(out * grad_out) + sum(weights * grad_weights)``."""
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     result = sdpa(q, k, v, **kwargs)
-    outputs, grads = _outputs_and_grads(result, grad_out, grad_weights)
+    outputs, grads = outputs_and_grads(result, grad_out, grad_weights)
     return torch.autograd.grad(outputs, (q, k, v), grads)
 
 
@@ -581,20 +584,6 @@ def check_grads(q, k, v, grad_out=None, grad_weights=None, factor=3.0, **kwargs)
     return grads
 
 
-def _bool_mask(shape, empty_rows=()):
-    mask = torch.rand(shape) > 0.3
-    mask[..., list(empty_rows), :] = False
-    return mask
-
-
-def _float_mask(shape, dtype):
-    mask = torch.randn(shape, dtype=dtype)
-    mask[..., 2] = float("-inf")
-    if mask.dim() == 2:
-        mask[4] = float("-inf")
-    return mask
-
-
 GRADCHECK_CASES = {
     "no_mask": ((2, 2, 2, 9, 9, 8, 8), lambda: {}),
     "nq_lt_nk": ((1, 1, 1, 5, 19, 8, 8), lambda: {}),
@@ -607,15 +596,15 @@ GRADCHECK_CASES = {
         (1, 1, 1, 33, 17, 4, 4),
         lambda: dict(is_causal=True, causal_alignment="bottom_right"),
     ),
-    "key_padding": ((2, 1, 1, 13, 35, 5, 5), lambda: dict(key_padding_mask=_padding(2, 35))),
-    "causal_padding": ((2, 2, 2, 19, 19, 4, 4), lambda: dict(is_causal=True, key_padding_mask=_padding(2, 19))),
-    "bool_mask": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_bool_mask((2, 2, 11, 13), empty_rows=[0, 5]))),
-    "float_mask_broadcast": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=_float_mask((11, 13), F64))),
+    "key_padding": ((2, 1, 1, 13, 35, 5, 5), lambda: dict(key_padding_mask=mixed_padding(2, 35))),
+    "causal_padding": ((2, 2, 2, 19, 19, 4, 4), lambda: dict(is_causal=True, key_padding_mask=mixed_padding(2, 19))),
+    "bool_mask": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=random_bool_mask((2, 2, 11, 13), empty_rows=[0, 5]))),
+    "float_mask_broadcast": ((2, 2, 2, 11, 13, 4, 4), lambda: dict(attn_mask=random_float_mask((11, 13), F64))),
     "gqa": ((1, 4, 2, 17, 20, 8, 8), lambda: dict(enable_gqa=True, is_causal=True, causal_alignment="bottom_right")),
     "odd_head_dims": ((1, 2, 2, 7, 9, 3, 5), lambda: {}),
     "weights": (
         (2, 1, 1, 19, 23, 4, 4),
-        lambda: dict(return_weights=True, is_causal=True, key_padding_mask=_padding(2, 23)),
+        lambda: dict(return_weights=True, is_causal=True, key_padding_mask=mixed_padding(2, 23)),
     ),
     "weights_mean_gqa": (
         (2, 4, 2, 17, 20, 4, 4),
@@ -623,13 +612,13 @@ GRADCHECK_CASES = {
             return_weights="mean",
             enable_gqa=True,
             is_causal=True,
-            attn_mask=_float_mask((2, 1, 17, 20), F64),
-            key_padding_mask=_padding(2, 20),
+            attn_mask=random_float_mask((2, 1, 17, 20), F64),
+            key_padding_mask=mixed_padding(2, 20),
         ),
     ),
     "weights_bool_mask": (
         (1, 2, 1, 17, 20, 4, 4),
-        lambda: dict(return_weights=True, enable_gqa=True, attn_mask=_bool_mask((1, 2, 17, 20), empty_rows=[3])),
+        lambda: dict(return_weights=True, enable_gqa=True, attn_mask=random_bool_mask((1, 2, 17, 20), empty_rows=[3])),
     ),
 }
 
@@ -666,24 +655,24 @@ def test_gradcheck_dropout(return_weights):
 ODD_CASES = {
     "113x203_d40_causal_bottom_right_padding": (
         (2, 2, 2, 113, 203, 40, 40),
-        lambda dt: dict(is_causal=True, causal_alignment="bottom_right", key_padding_mask=_padding(2, 203)),
+        lambda dt: dict(is_causal=True, causal_alignment="bottom_right", key_padding_mask=mixed_padding(2, 203)),
         False,
     ),
     "203x113_d59_causal_bool_mask": (
         (1, 2, 2, 203, 113, 59, 59),
-        lambda dt: dict(is_causal=True, attn_mask=_bool_mask((203, 113))),
+        lambda dt: dict(is_causal=True, attn_mask=random_bool_mask((203, 113))),
         False,
     ),
     "1x147_d111_float_mask_padding": (
         (2, 2, 2, 1, 147, 111, 111),
-        lambda dt: dict(attn_mask=_float_mask((2, 1, 1, 147), dt), key_padding_mask=_padding(2, 147)),
+        lambda dt: dict(attn_mask=random_float_mask((2, 1, 1, 147), dt), key_padding_mask=mixed_padding(2, 147)),
         False,
     ),
     "gqa_8_to_1_d64_causal": ((1, 8, 1, 33, 47, 64, 64), lambda dt: dict(enable_gqa=True, is_causal=True), False),
     "plain_97x129_d64": ((2, 2, 2, 97, 129, 64, 64), lambda dt: {}, False),
     "causal_padding_d64": (
         (2, 2, 2, 97, 97, 64, 64),
-        lambda dt: dict(is_causal=True, key_padding_mask=_padding(2, 97)),
+        lambda dt: dict(is_causal=True, key_padding_mask=mixed_padding(2, 97)),
         False,
     ),
     "weights_97x129_d40_causal": (
@@ -693,7 +682,7 @@ ODD_CASES = {
     ),
     "mean_weights_gqa_float_mask": (
         (1, 4, 2, 65, 90, 24, 24),
-        lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=_float_mask((65, 90), dt)),
+        lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=random_float_mask((65, 90), dt)),
         True,
     ),
 }
@@ -722,13 +711,13 @@ def test_every_mask_combination_gradients(name, mask_kind, causal, padded):
     q, k, v = make_qkv(batch, heads, seqlen_q, seqlen_k, 16, torch.float32)
     kwargs = dict(return_weights=True)
     if mask_kind == "bool":
-        kwargs["attn_mask"] = _bool_mask((batch, heads, seqlen_q, seqlen_k), empty_rows=[7])
+        kwargs["attn_mask"] = random_bool_mask((batch, heads, seqlen_q, seqlen_k), empty_rows=[7])
     elif mask_kind == "float":
-        kwargs["attn_mask"] = _float_mask((batch, 1, seqlen_q, seqlen_k), torch.float32)
+        kwargs["attn_mask"] = random_float_mask((batch, 1, seqlen_q, seqlen_k), torch.float32)
     if causal != "none":
         kwargs.update(is_causal=True, causal_alignment=causal)
     if padded:
-        kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
+        kwargs["key_padding_mask"] = mixed_padding(batch, seqlen_k)
     with layout(name, "blocked"):
         check_grads(q, k, v, grad_weights=True, **kwargs)
         kwargs["return_weights"] = "mean"
@@ -741,7 +730,7 @@ def test_weights_returned_but_not_in_the_loss():
     """Weights returned only to be looked at change nothing; weights alone in the loss work too."""
     q, k, v = make_qkv(2, 1, 17, 20, 16, torch.float32)
     grad_out = torch.randn(2, 1, 17, 16)
-    kwargs = dict(is_causal=True, key_padding_mask=_padding(2, 20))
+    kwargs = dict(is_causal=True, key_padding_mask=mixed_padding(2, 20))
     with layout("row_blocks", "blocked"):
         plain = torch_grads(q, k, v, grad_out, **kwargs)
         for mode in (True, "mean"):
@@ -793,7 +782,7 @@ def test_deterministic():
     q, k, v = make_qkv(1, 4, 33, 40, 16, torch.float16, heads_kv=1)
     grad_out = torch.randn(1, 4, 33, 16, dtype=torch.float16)
     grad_weights = torch.randn(1, 33, 40, dtype=torch.float16)
-    kwargs = dict(enable_gqa=True, is_causal=True, return_weights="mean", key_padding_mask=_padding(1, 40))
+    kwargs = dict(enable_gqa=True, is_causal=True, return_weights="mean", key_padding_mask=mixed_padding(1, 40))
     with layout("head_loop"):
         first, second = (torch_grads(q, k, v, grad_out, grad_weights, **kwargs) for _ in range(2))
     for name, a, b in zip(("dq", "dk", "dv"), first, second):
@@ -820,7 +809,11 @@ def test_dropout_matches_reference_given_the_same_mask(name, return_weights):
     tiny layouts); the reference given that mask reproduces output, weights and gradients."""
     q, k, v = make_qkv(2, 2, 37, 35, 8, F64, heads_kv=1)
     kwargs = dict(
-        dropout_p=0.3, enable_gqa=True, is_causal=True, key_padding_mask=_padding(2, 35), return_weights=return_weights
+        dropout_p=0.3,
+        enable_gqa=True,
+        is_causal=True,
+        key_padding_mask=mixed_padding(2, 35),
+        return_weights=return_weights,
     )
     with layout(name):
         out, weights, *grads = _dropout_call(q, k, v, 11, **kwargs)
@@ -863,7 +856,7 @@ def test_the_pattern_depends_on_the_shapes_only():
     with layout("row_blocks"):
         torch.manual_seed(2)
         keep = attnlens.dropout_mask(q, k, 0.5)
-        for kwargs in (dict(), dict(is_causal=True), dict(key_padding_mask=_padding(2, 33), is_causal=True)):
+        for kwargs in (dict(), dict(is_causal=True), dict(key_padding_mask=mixed_padding(2, 33), is_causal=True)):
             torch.manual_seed(2)
             _, weights = sdpa(q, k, v, dropout_p=0.5, return_weights=True, **kwargs)
             assert (weights[~keep] == 0).all()
@@ -930,7 +923,7 @@ def test_backward_reads_the_weights_only_while_they_are_unchanged(held):
     recomputing them; modified or dropped weights are recomputed: the same gradients every way."""
     q, k, v = make_qkv(2, 2, 37, 41, 16, torch.float32)
     grad_out = torch.randn(2, 2, 37, 16)
-    kwargs = dict(is_causal=True, key_padding_mask=_padding(2, 41), return_weights=True)
+    kwargs = dict(is_causal=True, key_padding_mask=mixed_padding(2, 41), return_weights=True)
     with layout("row_blocks"):
         expected = check_grads(q, k, v, grad_out=grad_out, **kwargs)
         leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]

@@ -16,7 +16,17 @@ import attnlens
 from attnlens._inputs import prepare
 from attnlens._ops import sdpa_forward_op
 from attnlens.kernels import AttentionProblem, launch_weights, override_config, row_stats_to_lse
-from helpers import DEVICE, assert_equal, assert_rule, make_qkv, poisoned_like, reference
+from helpers import (
+    DEVICE,
+    ODD_SEQLENS,
+    UNEQUAL_LENGTHS,
+    assert_equal,
+    assert_rule,
+    make_qkv,
+    mixed_padding,
+    poisoned_like,
+    reference,
+)
 
 DTYPES = [torch.float16, torch.float32, torch.float64]
 
@@ -68,7 +78,7 @@ def check(q, k, v, lse_rows=slice(None), **kwargs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seqlen", [1, 2, 3, 17, 31, 97, 113, 127, 128, 129, 200, 257])
+@pytest.mark.parametrize("seqlen", ODD_SEQLENS)
 def test_sequence_lengths(dtype, seqlen):
     q, k, v = make_qkv(1, 2, seqlen, seqlen, 64, dtype)
     check(q, k, v)
@@ -81,9 +91,7 @@ def test_long_sequences(seqlen):
     check(q, k, v, is_causal=True)
 
 
-@pytest.mark.parametrize(
-    "seqlen_q,seqlen_k", [(113, 203), (203, 113), (1, 147), (147, 1), (3, 799), (799, 3), (127, 512), (512, 127)]
-)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", UNEQUAL_LENGTHS)
 @pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
 def test_unequal_lengths(seqlen_q, seqlen_k, alignment):
     q, k, v = make_qkv(2, 1, seqlen_q, seqlen_k, 40, torch.float16)
@@ -126,16 +134,6 @@ def _masks(kind, batch, heads, seqlen_q, seqlen_k, dtype):
     raise ValueError(kind)
 
 
-def _padding(batch, seqlen_k):
-    pad = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=DEVICE)
-    pad[0, seqlen_k - seqlen_k // 3 :] = True  # right padding
-    if batch > 1:
-        pad[1, : seqlen_k // 4] = True  # left padding
-    if batch > 2:
-        pad[2, torch.arange(0, seqlen_k, 3)] = True  # scattered
-    return pad
-
-
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "bool_2d", "float", "float_row"])
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
 @pytest.mark.parametrize("padding", [False, True])
@@ -151,7 +149,7 @@ def test_every_mask_combination(mask_kind, causal, padding):
     if causal != "none":
         kwargs.update(is_causal=True, causal_alignment=causal)
     if padding:
-        kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
+        kwargs["key_padding_mask"] = mixed_padding(batch, seqlen_k)
     with override_config(block_m=16, block_n=16):
         check(q, k, v, **kwargs)
 
@@ -159,7 +157,7 @@ def test_every_mask_combination(mask_kind, causal, padding):
 def test_gpu_tile_shapes():
     """The block shapes the GPU tables use, through the interpreter."""
     q, k, v = make_qkv(2, 1, 150, 201, 64, torch.float16)
-    pad = _padding(2, 201)
+    pad = mixed_padding(2, 201)
     for block_m, block_n in [(128, 64), (128, 32), (64, 32), (32, 16), (64, 128)]:
         with override_config(block_m=block_m, block_n=block_n):
             check(q, k, v, is_causal=True, causal_alignment="bottom_right", key_padding_mask=pad)
@@ -263,7 +261,7 @@ def test_poisoned_memory_is_never_read(dtype):
     must be finite and bitwise equal to those of clean contiguous copies."""
     q, k, v = make_qkv(2, 3, 37, 51, 40, dtype)
     mask = torch.randn(2, 3, 37, 51, dtype=dtype)
-    pad = _padding(2, 51)
+    pad = mixed_padding(2, 51)
     kwargs = dict(is_causal=True, causal_alignment="bottom_right")
     with override_config(block_m=16, block_n=32):
         clean = run_kernels(q, k, v, attn_mask=mask, key_padding_mask=pad, **kwargs)
@@ -363,7 +361,7 @@ class TestPublicApi:
 
     def test_kernels_and_reference_paths_agree(self):
         q, k, v = make_qkv(2, 4, 50, 60, 32, torch.float64, heads_kv=2)
-        pad = _padding(2, 60)
+        pad = mixed_padding(2, 60)
         kwargs = dict(enable_gqa=True, is_causal=True, key_padding_mask=pad, return_weights=True)
         assert attnlens.selected_backend(q.device) == "kernels"
         out, weights = attnlens.scaled_dot_product_attention(q, k, v, **kwargs)
@@ -445,7 +443,7 @@ class TestTensorDescriptorPath:
         if kwargs.pop("mask", None):
             kwargs["attn_mask"] = _masks("float", batch, heads, seqlen_q, seqlen_k, torch.float16)
         if kwargs.pop("padding", False):
-            kwargs["key_padding_mask"] = _padding(batch, seqlen_k)
+            kwargs["key_padding_mask"] = mixed_padding(batch, seqlen_k)
         with override_config(block_m=16, block_n=16, tma=True):
             with_tma = check(q, k, v, **kwargs)
         # the forward always qualifies here; the weights only where their rows are 16-byte aligned
