@@ -529,7 +529,7 @@ def projected_values(module: MultiHeadAttention, x: torch.Tensor) -> torch.Tenso
     return (x @ w_v.T + b_v).unflatten(-1, (module.num_heads, module.head_dim)).transpose(1, 2)
 
 
-@pytest.mark.parametrize("backend", ["kernels", "reference"])
+@pytest.mark.parametrize("backend", ["kernels", "torch", "reference"])
 def test_dropout_in_training(backend):
     """Train-mode weights are the eval weights with entries dropped (zeroed) and the rest scaled by
     1 / (1 - p), as torch's; the output is computed from exactly those weights; a seed reproduces

@@ -1,7 +1,7 @@
 """``attnlens.MultiHeadAttention`` on the CPU path (backend ``"torch"``): parity with
 ``torch.nn.MultiheadAttention`` in every feature combination (tests/test_modules.py's sweep, run on
 this path, at a length where every call is computed in a few operations and at one where torch's
-fused kernel and the blocks take over), gradients, dropout, and the module's fast roads: torch's
+fused kernel and the blocks take over), gradients, and the module's fast roads: torch's
 inference fast path for unmasked self-attention, one packed input projection when key is value,
 and ``is_causal`` without a mask when the mask is exactly the causal mask (else the mask, as torch).
 """
@@ -30,13 +30,12 @@ from test_modules import (
     mode_kwargs,
     padding_mask,
     parameter_grads,
-    projected_values,
     twins,
 )
 
 import attnlens
 import attnlens.modules as modules
-from helpers import DEVICE, assert_equal, assert_rule
+from helpers import DEVICE, assert_rule
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU path")
 
@@ -124,34 +123,6 @@ def test_gradients_match_torch(case):
     reference = parameter_grads(exact, inputs, kwargs, torch.float64, weights_coef=coef)
     for name in got:
         assert_rule(f"grad {name}", got[name], reference[name], lowp[name], factor=3.0)
-
-
-def test_dropout_in_training():
-    """Train-mode weights are the eval weights with attnlens.dropout_mask's pattern dropped and
-    the rest scaled by 1 / (1 - p); the output comes from exactly those weights."""
-    p, n = 0.4, 24
-    ours, _, _ = twins(torch.float64, batch_first=True, dropout=p)
-    x = torch.randn(BATCH, n, EMBED, dtype=torch.float64)
-    with torch.no_grad():
-        ours.eval()
-        _, eval_w = ours(x, x, x, average_attn_weights=False)
-        ours.train()
-        torch.manual_seed(11)
-        out, w = ours(x, x, x, average_attn_weights=False)
-        torch.manual_seed(11)
-        _, w_mean = ours(x, x, x)
-        torch.manual_seed(11)
-        out_no_weights, _ = ours(x, x, x, need_weights=False)
-        torch.manual_seed(11)
-        heads_shape = (BATCH, HEADS, n, EMBED // HEADS)
-        keep = attnlens.dropout_mask(x.new_empty(heads_shape), x.new_empty(heads_shape), p)
-    assert_equal("dropped entries = attnlens.dropout_mask's pattern", w != 0, keep)
-    assert_rule("kept weights = eval weights / (1 - p)", w[keep], eval_w[keep] / (1 - p), eval_w[keep] / (1 - p))
-    assert_rule("'mean' weights = mean of the per-head draw", w_mean, w.mean(dim=1), w.mean(dim=1))
-    assert_rule("need_weights=False output, same seed", out_no_weights, out, out)
-    v = projected_values(ours, x)
-    expected = (w @ v).transpose(1, 2).flatten(2) @ ours.out_proj.weight.T + ours.out_proj.bias
-    assert_rule("output from the returned weights", out, expected, expected)
 
 
 def test_fully_masked_rows_give_zero_weights_not_nan():

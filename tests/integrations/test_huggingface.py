@@ -98,6 +98,10 @@ def calls(monkeypatch) -> List[Call]:
     return recorded
 
 
+# The size every small grouped-query decoder here shares: 4 query heads on 2 key/value heads.
+GQA_DECODER = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+
+
 def bert() -> BertConfig:
     return BertConfig(
         vocab_size=VOCAB,
@@ -115,10 +119,7 @@ def gpt2() -> GPT2Config:
 
 def llama() -> LlamaConfig:  # grouped-query attention: 4 query heads share 2 key/value heads
     return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **GQA_DECODER,
         num_hidden_layers=2,
         intermediate_size=64,
         max_position_embeddings=32,
@@ -127,10 +128,7 @@ def llama() -> LlamaConfig:  # grouped-query attention: 4 query heads share 2 ke
 
 def mistral() -> MistralConfig:  # a sliding window shorter than the sequence
     return MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **GQA_DECODER,
         num_hidden_layers=1,
         intermediate_size=64,
         max_position_embeddings=32,
@@ -140,10 +138,7 @@ def mistral() -> MistralConfig:  # a sliding window shorter than the sequence
 
 def gemma2() -> "transformers.Gemma2Config":  # soft-capped scores, sliding and global layers
     return transformers.Gemma2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **GQA_DECODER,
         head_dim=8,
         num_hidden_layers=2,
         intermediate_size=64,
@@ -156,10 +151,7 @@ def gemma2() -> "transformers.Gemma2Config":  # soft-capped scores, sliding and 
 
 def gpt_oss() -> "transformers.GptOssConfig":  # attention sinks, sliding and full layers
     return transformers.GptOssConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **GQA_DECODER,
         head_dim=8,
         num_hidden_layers=2,
         intermediate_size=32,
