@@ -175,6 +175,40 @@ def random_float_mask(shape, dtype):
     return mask
 
 
+def odd_gradient_cases(padding):
+    """Shapes and arguments that break naive backward passes, for the gradient tests of each path:
+    name -> ((B, Hq, Hkv, Nq, Nk, D, Dv), keyword arguments for a dtype, weights in the loss).
+    ``padding(batch, seqlen_k)`` makes the key padding masks."""
+    return {
+        "113x203_d40_causal_bottom_right_padding": (
+            (2, 2, 2, 113, 203, 40, 40),
+            lambda dt: dict(is_causal=True, causal_alignment="bottom_right", key_padding_mask=padding(2, 203)),
+            False,
+        ),
+        "203x113_d59_causal_top_left_bool_mask": (
+            (1, 2, 2, 203, 113, 59, 59),
+            lambda dt: dict(is_causal=True, attn_mask=random_bool_mask((203, 113))),
+            False,
+        ),
+        "1x147_d111_float_mask_padding": (
+            (2, 2, 2, 1, 147, 111, 111),
+            lambda dt: dict(attn_mask=random_float_mask((2, 1, 1, 147), dt), key_padding_mask=padding(2, 147)),
+            False,
+        ),
+        "gqa_8_to_1_d64_causal": ((1, 8, 1, 33, 47, 64, 64), lambda dt: dict(enable_gqa=True, is_causal=True), False),
+        "weights_97x129_d40_causal": (
+            (1, 2, 2, 97, 129, 40, 40),
+            lambda dt: dict(return_weights=True, is_causal=True),
+            True,
+        ),
+        "mean_weights_gqa_float_mask": (
+            (1, 4, 2, 65, 90, 24, 24),
+            lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=random_float_mask((65, 90), dt)),
+            True,
+        ),
+    }
+
+
 def sdpa(*args, **kwargs):
     return attnlens.scaled_dot_product_attention(*args, **kwargs)
 

@@ -33,6 +33,7 @@ from helpers import (
     check_grads,
     kernel_grads,
     make_qkv,
+    odd_gradient_cases,
     poisoned_like,
     random_bool_mask,
     random_float_mask,
@@ -202,35 +203,7 @@ def test_gradcheck_dropout(return_weights):
 # fp16 and fp32 against a float64 reference (flash-attn's 3x rule)
 # ---------------------------------------------------------------------------------------------
 
-# name: ((B, Hq, Hkv, Nq, Nk, D, Dv), keyword arguments for dtype, weights in the loss)
-ODD_CASES = {
-    "113x203_d40_causal_bottom_right_padding": (
-        (2, 2, 2, 113, 203, 40, 40),
-        lambda dt: dict(is_causal=True, causal_alignment="bottom_right", key_padding_mask=padding(2, 203)),
-        False,
-    ),
-    "203x113_d59_causal_top_left_bool_mask": (
-        (1, 2, 2, 203, 113, 59, 59),
-        lambda dt: dict(is_causal=True, attn_mask=random_bool_mask((203, 113))),
-        False,
-    ),
-    "1x147_d111_float_mask_padding": (
-        (2, 2, 2, 1, 147, 111, 111),
-        lambda dt: dict(attn_mask=random_float_mask((2, 1, 1, 147), dt), key_padding_mask=padding(2, 147)),
-        False,
-    ),
-    "gqa_8_to_1_d64_causal": ((1, 8, 1, 33, 47, 64, 64), lambda dt: dict(enable_gqa=True, is_causal=True), False),
-    "weights_97x129_d40_causal": (
-        (1, 2, 2, 97, 129, 40, 40),
-        lambda dt: dict(return_weights=True, is_causal=True),
-        True,
-    ),
-    "mean_weights_gqa_float_mask": (
-        (1, 4, 2, 65, 90, 24, 24),
-        lambda dt: dict(return_weights="mean", enable_gqa=True, attn_mask=random_float_mask((65, 90), dt)),
-        True,
-    ),
-}
+ODD_CASES = odd_gradient_cases(padding)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
